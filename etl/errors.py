@@ -1,0 +1,84 @@
+"""The error tree. Each class carries the exit code of DESIGN §3.1; the CLI maps them in one place.
+
+Messages are one line: what failed and what to do. They never contain a secret.
+"""
+
+from __future__ import annotations
+
+
+class EtlError(Exception):
+    """Root of every error the job reports to its user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(EtlError):
+    """jobs.yaml, the environment or the command line is wrong; every problem is in one message."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            message = f"{len(self.problems)} problems: " + "; ".join(self.problems)
+        super().__init__(message)
+
+
+class UsageError(EtlError):
+    """The command was called wrongly (bad flag value, unknown job)."""
+
+    exit_code = 2
+
+
+class IntercomError(EtlError):
+    """Intercom refused or kept failing a request."""
+
+    exit_code = 3
+
+
+class KlaviyoError(EtlError):
+    """Klaviyo refused or kept failing a request."""
+
+    exit_code = 4
+
+
+class StateError(EtlError):
+    """The state database cannot be reached, is behind its migrations, or failed a statement."""
+
+    exit_code = 5
+
+
+class ItemsRejected(EtlError):
+    """The run finished, but Klaviyo rejected some items (see `etl outbox --status failed`)."""
+
+    exit_code = 6
+
+
+class LockHeld(EtlError):
+    """Another run of the same job holds the lease; cron can simply try again (EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
+class NotBuiltYet(EtlError):
+    """A command whose capability has not landed yet."""
+
+    exit_code = 2
+
+
+# Exit codes by severity, for `etl run` over several jobs: the worst one wins.
+SEVERITY = {0: 0, 6: 1, 75: 2, 4: 3, 3: 4, 5: 5, 2: 6, 1: 7}
+
+
+def worst_exit_code(codes: list[int]) -> int:
+    """The exit code that reports the worst outcome among several jobs (0 when all succeeded)."""
+    return max(codes, key=lambda c: SEVERITY.get(c, 7), default=0)
