@@ -1,0 +1,1 @@
+"""Fake Intercom and Klaviyo servers on loopback, faithful to the specs, plus a seeded workspace generator."""

@@ -1,0 +1,185 @@
+"""The shared base of the sandbox servers: a threaded HTTP server on loopback, JSON replies, fault injection.
+
+Both fake APIs (Intercom, Klaviyo) subclass `SandboxHandler` and are started with `SandboxServer`.
+The handler sets `disable_nagle_algorithm` (TCP_NODELAY): `http.server` writes headers and body separately,
+and Nagle's algorithm with delayed ACKs would add ~40 ms to every response (DESIGN §8).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+
+@dataclass
+class Faults:
+    """Fault switches, all off by default. Rates are probabilities per request (seeded, so reproducible)."""
+
+    error_rate: float = 0.0  # reply 500/502/503 instead of handling
+    storm_requests: int = 0  # the next N requests get 429 with rate-limit headers
+    reset_rate: float = 0.0  # close the connection without a reply
+    slow_seconds: float = 0.0  # sleep this long before replying
+    slow_rate: float = 0.0  # ... with this probability
+    malformed_rate: float = 0.0  # reply 200 with a body that is not JSON
+    empty_rate: float = 0.0  # reply 200 with an empty body
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+    _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def draw(self) -> str | None:
+        """The fault to inject into the next request, if any."""
+        with self._lock:
+            if self.storm_requests > 0:
+                self.storm_requests -= 1
+                return "storm"
+            roll = self._rng.random
+            for name, rate in (
+                ("error", self.error_rate),
+                ("reset", self.reset_rate),
+                ("malformed", self.malformed_rate),
+                ("empty", self.empty_rate),
+                ("slow", self.slow_rate),
+            ):
+                if rate and roll() < rate:
+                    return name
+        return None
+
+
+class SandboxHandler(BaseHTTPRequestHandler):
+    """JSON helpers and fault injection; subclasses implement `route(method)`."""
+
+    disable_nagle_algorithm = True
+    protocol_version = "HTTP/1.1"
+    server: SandboxServer
+    content_type: ClassVar[str] = "application/json"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        """Quiet: the sandbox is used by tests and the demo; requests are recorded, not printed."""
+
+    # -- entry points -----------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        self.server.record(method, self.path)
+        fault = self.server.faults.draw()
+        if fault == "reset":
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        if fault == "slow":
+            time.sleep(self.server.faults.slow_seconds)
+        if fault == "error":
+            self.send_json(503, self.error_body(503, "service_unavailable", "Sandbox fault injection"))
+            return
+        if fault == "storm":
+            self.reply_throttled()
+            return
+        if fault == "malformed":
+            self.send_raw(200, b'{"type": "list", "data": [', self.content_type)
+            return
+        if fault == "empty":
+            self.send_raw(200, b"", self.content_type)
+            return
+        self.route(method)
+
+    # -- for subclasses ---------------------------------------------------------------------------
+    def route(self, method: str) -> None:
+        raise NotImplementedError
+
+    def error_body(self, status: int, code: str, message: str) -> dict[str, Any]:
+        """The API's error body shape; subclasses override."""
+        return {"errors": [{"code": code, "message": message}]}
+
+    def reply_throttled(self) -> None:
+        """A 429 in the API's own shape; subclasses override to add their rate-limit headers."""
+        self.send_json(429, self.error_body(429, "rate_limit_exceeded", "Rate limit exceeded"))
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def read_json(self) -> Any:
+        """The request body as JSON, or raises ValueError."""
+        raw = self.read_body()
+        return json.loads(raw) if raw else None
+
+    def send_json(
+        self, status: int, body: Any, headers: dict[str, str] | None = None, content_type: str | None = None
+    ) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_raw(status, data, content_type or self.content_type, headers)
+
+    def send_raw(
+        self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        if data:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if data:
+            self.wfile.write(data)
+
+
+class SandboxServer(ThreadingHTTPServer):
+    """A threaded HTTP server on 127.0.0.1 with an ephemeral port by default; `start()`/`stop()` from Python."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, handler: type[SandboxHandler], host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), handler)
+        self.faults = Faults()
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
+        self._requests_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def record(self, method: str, path: str) -> None:
+        with self._requests_lock:
+            self.requests.append((method, path))
+
+    def start(self) -> SandboxServer:
+        self._thread = threading.Thread(target=self.serve_forever, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
