@@ -1,0 +1,98 @@
+"""Klaviyo's payload limits, applied to event and profile properties before they reach the outbox.
+
+Pure. `fit_properties` drops empty top-level values (DESIGN §4.2: 0, null and "" are left out; booleans stay)
+and cuts what Klaviyo would refuse (DESIGN §6), returning how many values it had to cut.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MAX_STRING_BYTES = 100_000  # Klaviyo: "each string cannot be larger than 100 KB" (POST /api/events)
+MAX_PROPERTIES = 400  # Klaviyo: event properties "must not exceed 400 properties" (POST /api/events)
+MAX_DEPTH = 10  # Klaviyo ingestion limits: "Max levels of nested objects: 10"
+MAX_ARRAY_ITEMS = 4_000  # Klaviyo ingestion limits: "Max number of items in arrays: 4000"
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """Properties within Klaviyo's limits and the number of values cut to get there."""
+
+    properties: dict[str, Any]
+    truncations: int
+
+
+def is_empty(value: Any) -> bool:
+    """True for the values Klaviyo ignores: null, "", 0 and empty containers; never for a boolean."""
+    if isinstance(value, bool):
+        return False
+    if value is None or value == "":
+        return True
+    if isinstance(value, int | float):
+        return value == 0
+    return isinstance(value, Mapping | list | tuple) and len(value) == 0
+
+
+def fit_properties(properties: Mapping[str, Any]) -> Fitted:
+    """Drop empty top-level values, then cut strings, arrays, nesting and key count to Klaviyo's limits."""
+    kept = {key: value for key, value in properties.items() if not is_empty(value)}
+    cutter = _Cutter(budget=MAX_PROPERTIES)
+    fitted: dict[str, Any] = {}
+    for key in kept:  # top-level keys are spent first, so a big nested object cannot crowd them out
+        if cutter.budget == 0:
+            cutter.cuts += 1
+            continue
+        cutter.budget -= 1
+        fitted[key] = None
+    for key in fitted:
+        fitted[key] = cutter.cut(kept[key], depth=2)
+    return Fitted(fitted, cutter.cuts)
+
+
+def truncate_text(value: str, max_bytes: int = MAX_STRING_BYTES) -> str:
+    """The longest prefix of `value` whose UTF-8 encoding fits in `max_bytes` (never splits a character)."""
+    encoded = value.encode("utf-8", "surrogatepass")
+    if len(encoded) <= max_bytes:
+        return value
+    return encoded[:max_bytes].decode("utf-8", "ignore")
+
+
+class _Cutter:
+    """One walk over a value tree, sharing the property budget between all nested objects."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.cuts = 0
+
+    def cut(self, value: Any, depth: int) -> Any:
+        """`value` at nesting level `depth` (the properties object itself is level 1)."""
+        if isinstance(value, str):
+            return self._text(value)
+        if not isinstance(value, Mapping | list | tuple):
+            return value
+        if depth > MAX_DEPTH:
+            # too deep for Klaviyo: keep the information as a JSON string instead of dropping it
+            self.cuts += 1
+            return truncate_text(json.dumps(value, ensure_ascii=False, default=str))
+        if isinstance(value, Mapping):
+            result = {}
+            for key, item in value.items():
+                if self.budget == 0:
+                    self.cuts += 1
+                    continue
+                self.budget -= 1
+                result[str(key)] = self.cut(item, depth + 1)
+            return result
+        if len(value) > MAX_ARRAY_ITEMS:
+            self.cuts += 1
+            value = value[:MAX_ARRAY_ITEMS]
+        return [self.cut(item, depth + 1) for item in value]
+
+    def _text(self, value: str) -> str:
+        cut = truncate_text(value)
+        if cut is not value:
+            self.cuts += 1
+        return cut
