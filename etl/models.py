@@ -58,6 +58,14 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class Admin:
+    """An Intercom teammate as `GET /admins` lists it; events name the assignee with it."""
+
+    name: str | None = None
+    email: str | None = None
+
+
+@dataclass(frozen=True)
 class Event:
     """One Klaviyo event: metric name, profile identifiers, properties, time, unique_id."""
 
@@ -92,6 +100,23 @@ class OutboxItem:
     unique_id: str
     payload: Mapping[str, Any]  # the Klaviyo resource object exactly as the bulk request carries it
     attempts: int = 0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `etl run` was asked to do, beyond which jobs."""
+
+    dry_run: bool = False
+    output: str | None = None  # dry-run NDJSON file; None = stdout
+    since: datetime | None = None  # backfill window [since, until)
+    until: datetime | None = None
+    replay: bool = False
+    streams: tuple[str, ...] | None = None
+    metrics_file: str | None = None
+
+    @property
+    def backfill(self) -> bool:
+        return self.since is not None
 
 
 @dataclass
