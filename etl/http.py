@@ -269,4 +269,3 @@ class HttpClient:
                 f"{self.secret_env} the scopes this job needs" + (f" ({detail})" if detail else "")
             )
         return f"{self.service} rejected {method} {path} ({status})" + (f": {detail}" if detail else "")
-

@@ -7,6 +7,7 @@ and Nagle's algorithm with delayed ACKs would add ~40 ms to every response (DESI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -62,7 +63,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
     server: SandboxServer
     content_type: ClassVar[str] = "application/json"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the sandbox is used by tests and the demo; requests are recorded, not printed."""
 
     # -- entry points -----------------------------------------------------------------------------
@@ -83,10 +84,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         fault = self.server.faults.draw()
         if fault == "reset":
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         if fault == "slow":
             time.sleep(self.server.faults.slow_seconds)

@@ -1,0 +1,69 @@
+"""Logging: human text on a TTY, JSON lines otherwise (DESIGN §3.1); secrets are redacted from every record.
+
+Log calls pass structured fields as `extra={"fields": {...}}`; they become JSON keys or `key=value` text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+LOGGER_NAME = "etl"
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Make sure `value` never appears in a log line (tokens read from the environment)."""
+    if value and len(value) >= 4:
+        _SECRETS.add(value)
+
+
+def scrub(text: str) -> str:
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return text
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return scrub(json.dumps(line, default=str))
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
+        fields = getattr(record, "fields", None) or {}
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        text = f"{stamp} {record.levelname.lower():7} {record.getMessage()}" + (f"  {extra}" if extra else "")
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return scrub(text)
+
+
+def configure(log_format: str | None, verbosity: int, stream: TextIO | None = None) -> str:
+    """Set up the `etl` logger once per process; returns the format chosen ("text" or "json")."""
+    stream = stream or sys.stderr
+    chosen = log_format or ("text" if stream.isatty() else "json")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_JsonFormatter() if chosen == "json" else _TextFormatter())
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO)
+    return chosen
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(f"{LOGGER_NAME}.{name}" if not name.startswith(LOGGER_NAME) else name)

@@ -1,0 +1,491 @@
+"""The state database: SQLAlchemy tables and the store. The only module that speaks SQL (DESIGN §3.3).
+
+SQLite by default, PostgreSQL in production; every statement here runs on both. Schema changes go through
+Alembic revisions in `migrations/`; a test proves these tables and the migrations agree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from etl.errors import LockHeld, StateError
+from etl.models import OutboxItem, Snapshot
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (which has no time zones) and PostgreSQL."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the state store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONData = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+metadata = sa.MetaData()
+
+watermarks = sa.Table(
+    "watermarks",
+    metadata,
+    sa.Column("job", sa.String(200), primary_key=True),
+    sa.Column("stream", sa.String(40), primary_key=True),
+    sa.Column("value", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+snapshots = sa.Table(
+    "snapshots",
+    metadata,
+    sa.Column("job", sa.String(200), primary_key=True),
+    sa.Column("stream", sa.String(40), primary_key=True),
+    sa.Column("object_id", sa.String(100), primary_key=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("data", JSONData, nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    sa.Column("job", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(10), nullable=False),
+    sa.Column("unique_id", sa.String(500), nullable=False),
+    sa.Column("payload", JSONData, nullable=False),
+    sa.Column("status", sa.String(10), nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("sent_at", UTCDateTime(), nullable=True),
+    sa.Column("run_id", sa.Integer(), nullable=True),
+    sa.UniqueConstraint("job", "kind", "unique_id", name="uq_outbox_job_kind_unique_id"),
+    sa.CheckConstraint("kind IN ('event', 'profile')", name="ck_outbox_kind"),
+    sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name="ck_outbox_status"),
+    sa.Index("ix_outbox_job_status_id", "job", "status", "id"),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("job", sa.String(200), nullable=False),
+    sa.Column("mode", sa.String(20), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("window", JSONData, nullable=True),
+    sa.Column("counts", JSONData, nullable=True),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Index("ix_runs_job_id", "job", "id"),
+)
+
+locks = sa.Table(
+    "locks",
+    metadata,
+    sa.Column("job", sa.String(200), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("acquired_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    job: str
+    mode: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    window: Any
+    counts: Any
+    error: str | None
+
+
+def redact_url(url: str) -> str:
+    """The database URL without its password, for messages."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<invalid database URL>"
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line description of a database error, never with its parameters (they may hold payload data)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+class StateStore:
+    """Watermarks, snapshots, outbox, runs and locks of every job in one database."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.url = url
+        try:
+            if engine is None:
+                connect_args: dict[str, Any] = {}
+                if url.startswith("sqlite"):
+                    connect_args["timeout"] = 30  # wait for a writer instead of failing at once
+                engine = sa.create_engine(url, connect_args=connect_args, future=True)
+        except (sa.exc.ArgumentError, ImportError, sa.exc.NoSuchModuleError) as exc:
+            raise StateError(f"cannot use database {redact_url(url)}: {_describe(exc)}") from None
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        if self.dialect == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions -----------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One database transaction; any database failure becomes a StateError (exit 5)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise StateError(f"state database {redact_url(self.url)} failed: {_describe(exc)}") from None
+
+    def _insert(self, table: sa.Table) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    # -- schema -----------------------------------------------------------------------------------
+    def alembic_config(self) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["engine"] = self.engine
+        return cfg
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        try:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StateError(
+                f"cannot reach state database {redact_url(self.url)}: {_describe(exc)}"
+            ) from None
+
+    def head_revision(self) -> str | None:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self.alembic_config()).get_current_head()
+
+    def upgrade(self) -> tuple[str | None, str | None]:
+        """Apply every pending migration; returns (before, after) revisions."""
+        from alembic import command
+
+        before = self.current_revision()
+        try:
+            command.upgrade(self.alembic_config(), "head")
+        except sa.exc.SQLAlchemyError as exc:
+            raise StateError(f"migrating {redact_url(self.url)} failed: {_describe(exc)}") from None
+        return before, self.current_revision()
+
+    def ensure_schema(self, *, auto_upgrade: bool | None = None) -> None:
+        """Make sure the schema is at head: upgrade SQLite silently, else ask the operator to migrate."""
+        current, head = self.current_revision(), self.head_revision()
+        if current == head:
+            return
+        if auto_upgrade is None:
+            auto_upgrade = self.dialect == "sqlite"
+        if auto_upgrade:
+            self.upgrade()
+            return
+        raise StateError(
+            f"state database {redact_url(self.url)} is at revision {current or 'none (empty)'}, "
+            f"this etl needs {head}: run `etl db upgrade`"
+        )
+
+    # -- watermarks -------------------------------------------------------------------------------
+    def watermarks(self, job: str) -> dict[str, datetime]:
+        with self.transaction() as conn:
+            rows = conn.execute(
+                sa.select(watermarks.c.stream, watermarks.c.value).where(watermarks.c.job == job)
+            )
+            return {r.stream: r.value for r in rows}
+
+    def set_watermark(
+        self, job: str, stream: str, value: datetime, now: datetime, *, force: bool = False
+    ) -> bool:
+        """Store the watermark; it never moves backwards unless `force` (manual `etl state set`).
+
+        Returns True when the stored value changed.
+        """
+        with self.transaction() as conn:
+            current = conn.execute(
+                sa.select(watermarks.c.value).where(watermarks.c.job == job, watermarks.c.stream == stream)
+            ).scalar_one_or_none()
+            if current is not None and value <= current and not (force and value != current):
+                return False
+            stmt = self._insert(watermarks).values(job=job, stream=stream, value=value, updated_at=now)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["job", "stream"], set_={"value": value, "updated_at": now}
+            )
+            conn.execute(stmt)
+            return True
+
+    # -- snapshots --------------------------------------------------------------------------------
+    def load_snapshots(
+        self, conn: Connection, job: str, stream: str, ids: Iterable[str]
+    ) -> dict[str, Snapshot]:
+        """The stored snapshots of these objects, in one query."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        rows = conn.execute(
+            sa.select(snapshots).where(
+                snapshots.c.job == job, snapshots.c.stream == stream, snapshots.c.object_id.in_(wanted)
+            )
+        )
+        return {
+            r.object_id: Snapshot(stream, r.object_id, r.updated_at, r.digest, _json(r.data)) for r in rows
+        }
+
+    def save_snapshots(self, conn: Connection, job: str, items: Sequence[Snapshot]) -> None:
+        """Upsert snapshots (one statement)."""
+        if not items:
+            return
+        rows = [
+            {"job": job, "stream": s.stream, "object_id": s.object_id, "updated_at": s.updated_at,
+             "digest": s.digest, "data": dict(s.data)}
+            for s in items
+        ]  # fmt: skip
+        stmt = self._insert(snapshots)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["job", "stream", "object_id"],
+            set_={
+                "updated_at": stmt.excluded.updated_at,
+                "digest": stmt.excluded.digest,
+                "data": stmt.excluded.data,
+            },
+        )
+        conn.execute(stmt, rows)
+
+    def snapshot_counts(self, job: str) -> dict[str, int]:
+        with self.transaction() as conn:
+            rows = conn.execute(
+                sa.select(snapshots.c.stream, sa.func.count())
+                .where(snapshots.c.job == job)
+                .group_by(snapshots.c.stream)
+            )
+            return {r[0]: r[1] for r in rows}
+
+    # -- outbox -----------------------------------------------------------------------------------
+    def enqueue(
+        self,
+        conn: Connection,
+        job: str,
+        items: Sequence[tuple[str, str, Mapping[str, Any]]],
+        run_id: int | None,
+        now: datetime,
+    ) -> int:
+        """Queue (kind, unique_id, payload) items; an item already in the outbox is left as it is.
+
+        Returns how many rows were new.
+        """  # fmt: skip
+        if not items:
+            return 0
+        rows = [
+            {"job": job, "kind": kind, "unique_id": uid, "payload": dict(payload), "status": "pending",
+             "attempts": 0, "created_at": now, "run_id": run_id}
+            for kind, uid, payload in items
+        ]  # fmt: skip
+        stmt = (
+            self._insert(outbox)
+            .on_conflict_do_nothing(index_elements=["job", "kind", "unique_id"])
+            .returning(outbox.c.id)
+        )
+        # RETURNING yields only the rows really inserted (rowcount is unreliable for executemany)
+        return len(conn.execute(stmt, rows).all())
+
+    def pending(self, job: str, kind: str, *, limit: int, after_id: int = 0) -> list[OutboxItem]:
+        """The next pending items of one kind, in queue order, at most `limit`."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                sa.select(outbox.c.id, outbox.c.kind, outbox.c.unique_id, outbox.c.payload, outbox.c.attempts)
+                .where(outbox.c.job == job, outbox.c.kind == kind, outbox.c.status == "pending",
+                       outbox.c.id > after_id)
+                .order_by(outbox.c.id)
+                .limit(limit)
+            )  # fmt: skip
+            return [OutboxItem(r.id, job, r.kind, r.unique_id, _json(r.payload), r.attempts) for r in rows]
+
+    def mark_delivered(self, sent: Sequence[int], failed: Mapping[int, str], now: datetime) -> None:
+        """Mark items sent, or failed with Klaviyo's reason, in one transaction."""
+        with self.transaction() as conn:
+            for chunk in _chunks(list(sent), 500):
+                conn.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.id.in_(chunk))
+                    .values(status="sent", sent_at=now, attempts=outbox.c.attempts + 1, last_error=None)
+                )
+            for item_id, error in failed.items():
+                conn.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.id == item_id)
+                    .values(status="failed", attempts=outbox.c.attempts + 1, last_error=error[:2000])
+                )
+
+    def outbox_items(self, job: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
+        query = sa.select(
+            outbox.c.id, outbox.c.job, outbox.c.kind, outbox.c.unique_id, outbox.c.status, outbox.c.attempts,
+            outbox.c.last_error, outbox.c.created_at, outbox.c.sent_at,
+        ).order_by(outbox.c.id).limit(limit)  # fmt: skip
+        if job:
+            query = query.where(outbox.c.job == job)
+        if status:
+            query = query.where(outbox.c.status == status)
+        with self.transaction() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def outbox_counts(self, job: str) -> dict[str, int]:
+        with self.transaction() as conn:
+            rows = conn.execute(
+                sa.select(outbox.c.status, sa.func.count())
+                .where(outbox.c.job == job)
+                .group_by(outbox.c.status)
+            )
+            return {r[0]: r[1] for r in rows}
+
+    def retry_failed(self, job: str) -> int:
+        """Re-queue the job's failed items; returns how many."""
+        with self.transaction() as conn:
+            result = conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.job == job, outbox.c.status == "failed")
+                .values(status="pending", last_error=None)
+            )
+            return result.rowcount or 0
+
+    # -- runs -------------------------------------------------------------------------------------
+    def start_run(self, job: str, mode: str, window: Any, now: datetime) -> int:
+        with self.transaction() as conn:
+            result = conn.execute(
+                sa.insert(runs)
+                .values(job=job, mode=mode, started_at=now, status="running", window=window, counts={})
+                .returning(runs.c.id)
+            )
+            return int(result.scalar_one())
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        with self.transaction() as conn:
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
+
+    def runs(self, job: str | None, limit: int) -> list[RunRow]:
+        query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
+        if job:
+            query = query.where(runs.c.job == job)
+        with self.transaction() as conn:
+            return [
+                RunRow(r.id, r.job, r.mode, r.started_at, r.finished_at, r.status, _json(r.window),
+                       _json(r.counts), r.error)
+                for r in conn.execute(query)
+            ]  # fmt: skip
+
+    def last_run(self, job: str, mode: str, status: str) -> RunRow | None:
+        query = (
+            sa.select(runs)
+            .where(runs.c.job == job, runs.c.mode == mode, runs.c.status == status)
+            .order_by(runs.c.id.desc())
+            .limit(1)
+        )
+        with self.transaction() as conn:
+            r = conn.execute(query).first()
+        if r is None:
+            return None
+        return RunRow(r.id, r.job, r.mode, r.started_at, r.finished_at, r.status, _json(r.window),
+                      _json(r.counts), r.error)  # fmt: skip
+
+    # -- locks ------------------------------------------------------------------------------------
+    def acquire_lock(self, job: str, owner: str, ttl: timedelta, now: datetime) -> None:
+        """Take the job's lease, or take over an expired one; LockHeld (exit 75) when another owner holds it."""
+        expires = now + ttl
+        with self.transaction() as conn:
+            taken = conn.execute(
+                self._insert(locks)
+                .values(job=job, owner=owner, acquired_at=now, expires_at=expires)
+                .on_conflict_do_nothing(index_elements=["job"])
+            ).rowcount
+            if taken == 1:
+                return
+            stolen = conn.execute(
+                sa.update(locks)
+                .where(locks.c.job == job, sa.or_(locks.c.expires_at < now, locks.c.owner == owner))
+                .values(owner=owner, acquired_at=now, expires_at=expires)
+            ).rowcount
+            if stolen == 1:
+                return
+            holder = conn.execute(
+                sa.select(locks.c.owner, locks.c.expires_at).where(locks.c.job == job)
+            ).first()
+        detail = f" by {holder.owner} until {holder.expires_at.isoformat()}" if holder else ""
+        raise LockHeld(f"job {job!r} is already running (lease held{detail}); try again later")
+
+    def renew_lock(self, job: str, owner: str, ttl: timedelta, now: datetime) -> None:
+        """Extend our lease; LockHeld if it was taken over (we were too slow to renew)."""
+        with self.transaction() as conn:
+            renewed = conn.execute(
+                sa.update(locks)
+                .where(locks.c.job == job, locks.c.owner == owner)
+                .values(expires_at=now + ttl)
+            ).rowcount
+        if renewed != 1:
+            raise LockHeld(f"job {job!r} lost its lease to another run; this run stops without advancing")
+
+    def release_lock(self, job: str, owner: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(sa.delete(locks).where(locks.c.job == job, locks.c.owner == owner))
+
+    def lock_holder(self, job: str) -> tuple[str, datetime] | None:
+        with self.transaction() as conn:
+            row = conn.execute(sa.select(locks.c.owner, locks.c.expires_at).where(locks.c.job == job)).first()
+        return (row.owner, row.expires_at) if row else None
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (etl state show) don't block the running job
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _json(value: Any) -> Any:
+    """JSON columns come back parsed on both dialects; tolerate text from older drivers."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

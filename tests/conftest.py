@@ -1,0 +1,50 @@
+"""Shared fixtures: state databases on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+
+from etl.state import StateStore
+from tests.pg import fresh_database, throwaway_server
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """An admin URL of a PostgreSQL server: ETL_TEST_POSTGRES_URL, else a throwaway local server."""
+    url = os.environ.get("ETL_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(throwaway_server())
+        except Exception as exc:  # no binaries, no permission: CI must fail, a laptop may skip
+            message = f"PostgreSQL unavailable ({exc}); set ETL_TEST_POSTGRES_URL"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """An empty state database URL, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/state.db"
+        return
+    admin = request.getfixturevalue("pg_admin_url")
+    with fresh_database(admin) as url:
+        yield url
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[StateStore]:
+    """A migrated state store on each database."""
+    s = StateStore(db_url)
+    s.upgrade()
+    yield s
+    s.close()

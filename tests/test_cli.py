@@ -1,0 +1,169 @@
+"""The command line: exit codes, one-line messages, and the state commands on a real database."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from etl.cli import cli
+from etl.state import StateStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+JOBS = """
+database_url: {url}
+jobs:
+  shop:
+    intercom: {{base_url: "http://127.0.0.1:1", token_env: IC_TOKEN}}
+    klaviyo: {{base_url: "http://127.0.0.1:1", api_key_env: KL_KEY}}
+    start_date: 2026-01-01
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path, db_url: str) -> Path:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(JOBS.format(url=db_url))
+    return path
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(cli, list(args), env={"ETL_DATABASE_URL": "", **(env or {})})
+
+
+def test_check_names_missing_env_vars_with_exit_2() -> None:
+    """`etl check` on the example jobs.yaml lists exactly the unset variables."""
+    result = invoke("--config", str(ROOT / "jobs.yaml"), "check",
+                    env={"INTERCOM_ACCESS_TOKEN": "", "KLAVIYO_API_KEY": ""})  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "etl: error: 2 problems: jobs.intercom_to_klaviyo: environment variable INTERCOM_ACCESS_TOKEN is not set; "
+        "jobs.intercom_to_klaviyo: environment variable KLAVIYO_API_KEY is not set"
+    )
+
+
+def test_check_passes_with_env_and_never_prints_secrets() -> None:
+    """With both variables set the job is ok and the values appear nowhere."""
+    result = invoke("--config", str(ROOT / "jobs.yaml"), "check",
+                    env={"INTERCOM_ACCESS_TOKEN": "tok-SECRET-1", "KLAVIYO_API_KEY": "pk_SECRET_2"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("intercom_to_klaviyo: ok (contacts, conversations, tickets;")
+    assert "SECRET" not in result.output
+
+
+def test_five_mistakes_one_line_exit_2_no_traceback(tmp_path: Path) -> None:
+    """A jobs.yaml with five mistakes gives one line with all five, exit 2, and no traceback (real process)."""
+    bad = tmp_path / "jobs.yaml"
+    bad.write_text(
+        "jobs:\n  shop:\n    intercom: {per_page: 999, base_url: 'http://example.com'}\n"
+        "    klaviyo: {}\n    start_date: someday\n    lookback: 15 mins\n    colour: blue\n"
+    )
+    proc = subprocess.run([sys.executable, "-m", "etl", "--config", str(bad), "check"],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("etl: error: 5 problems: ")
+    for path in ("jobs.shop.colour", "jobs.shop.intercom.per_page", "jobs.shop.intercom.base_url",
+                 "jobs.shop.start_date", "jobs.shop.lookback"):  # fmt: skip
+        assert path in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
+    """No jobs.yaml says how to point at one."""
+    result = invoke("--config", str(tmp_path / "nope.yaml"), "check")
+    assert result.exit_code == 2
+    assert "no such file; pass --config PATH, set ETL_CONFIG" in result.stderr
+
+
+def test_db_upgrade_and_current(config: Path) -> None:
+    """`db current` reports an empty database as behind; `db upgrade` brings it to head."""
+    before = invoke("--config", str(config), "db", "current")
+    assert (
+        before.exit_code == 0
+        and "revision none (empty), head 0001 (behind: run `etl db upgrade`)" in before.stdout
+    )
+    up = invoke("--config", str(config), "db", "upgrade")
+    assert up.exit_code == 0 and "upgraded from empty to 0001" in up.stdout
+    again = invoke("--config", str(config), "db", "upgrade")
+    assert "already at revision 0001" in again.stdout
+    assert "(up to date)" in invoke("--config", str(config), "db", "current").stdout
+
+
+def test_state_set_and_show(config: Path) -> None:
+    """A watermark set by hand shows up in `state show`; a wrong stream is exit 2."""
+    invoke("--config", str(config), "db", "upgrade")
+    ok = invoke("--config", str(config), "state", "set", "shop", "tickets", "2026-03-01T10:00:00+01:00")
+    assert ok.exit_code == 0 and ok.stdout.strip() == "shop/tickets: watermark - -> 2026-03-01T09:00:00Z"
+    shown = invoke("--config", str(config), "state", "show")
+    assert "  tickets        2026-03-01T09:00:00Z  0" in shown.stdout
+    assert "outbox: 0 pending, 0 failed, 0 sent" in shown.stdout
+    bad = invoke("--config", str(config), "state", "set", "shop", "chats", "2026-03-01")
+    assert bad.exit_code == 2
+    assert "job 'shop' has no stream 'chats'" in bad.stderr
+    unknown = invoke("--config", str(config), "state", "show", "nope")
+    assert unknown.exit_code == 2 and "unknown job 'nope': jobs.yaml defines shop" in unknown.stderr
+
+
+def test_runs_and_outbox_commands(config: Path, db_url: str) -> None:
+    """`runs` lists recorded runs; `outbox --status failed` lists failed items and `outbox retry` re-queues them."""
+    from datetime import UTC, datetime
+
+    invoke("--config", str(config), "db", "upgrade")
+    store = StateStore(db_url)
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    run_id = store.start_run("shop", "incremental", None, now)
+    store.update_run(run_id, status="succeeded", finished_at=now,
+                     counts={"tickets": {"objects": 4, "events": 3, "profiles": 1}})  # fmt: skip
+    with store.transaction() as conn:
+        store.enqueue(conn, "shop", [("event", "e1", {"x": 1}), ("event", "e2", {"x": 2})], run_id, now)
+    items = store.pending("shop", "event", limit=10)
+    store.mark_delivered([items[0].id], {items[1].id: "Invalid email address"}, now)
+    store.close()
+    runs = invoke("--config", str(config), "runs")
+    assert runs.exit_code == 0
+    assert runs.stdout.splitlines()[1].split()[:9] == [
+        str(run_id), "shop", "incremental", "2026-03-01T00:00:00Z", "2026-03-01T00:00:00Z", "succeeded", "4", "3", "1"
+    ]  # fmt: skip
+    failed = invoke("--config", str(config), "outbox", "shop", "--status", "failed")
+    assert "e2" in failed.stdout and "Invalid email address" in failed.stdout and "e1" not in failed.stdout
+    retried = invoke("--config", str(config), "outbox", "retry", "shop")
+    assert retried.stdout.strip() == "shop: 1 failed item re-queued; the next run delivers them"
+    assert (
+        "outbox is empty for failed items"
+        in invoke("--config", str(config), "outbox", "--status", "failed").stdout
+    )
+
+
+def test_run_on_postgres_behind_says_to_upgrade(config: Path, db_url: str) -> None:
+    """State commands on a PostgreSQL database that is behind stop with exit 5 and the hint; SQLite upgrades."""
+    result = invoke("--config", str(config), "state", "show")
+    if db_url.startswith("sqlite"):
+        assert result.exit_code == 0
+    else:
+        assert result.exit_code == 5
+        assert result.stderr.strip().endswith("this etl needs 0001: run `etl db upgrade`")
+
+
+def test_run_option_errors_are_usage_errors(config: Path) -> None:
+    """Bad --since/--streams combinations are reported together with exit 2."""
+    result = invoke(
+        "--config", str(config), "run", "--since", "tomorrow", "--streams", "chats", "--output", "x"
+    )
+    assert result.exit_code == 2
+    assert "--since: expected an ISO 8601 timestamp" in result.stderr
+    assert (
+        "--streams: expected a comma list of contacts, conversations, tickets, got 'chats'" in result.stderr
+    )
+    assert "--output only goes with --dry-run" in result.stderr
+
+
+def test_help_lists_every_command() -> None:
+    """Every command of DESIGN §3.1 is in the help."""
+    out = invoke("--help").stdout
+    for name in ("run", "check", "db", "state", "runs", "outbox", "demo", "sandbox"):
+        assert f"  {name} " in out

@@ -1,0 +1,154 @@
+"""jobs.yaml validation: a good file, each kind of mistake, many mistakes at once, env expansion."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from etl.config import load_settings, parse_duration, parse_settings, parse_timestamp, secrets_for
+from etl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """
+database_url: sqlite:///state.db
+jobs:
+  shop:
+    intercom: {base_url: https://api.eu.intercom.io, token_env: IC_TOKEN, per_page: 50}
+    klaviyo: {api_key_env: KL_KEY}
+    streams: [tickets, contacts]
+    start_date: 2026-01-01
+    lookback: 1h30m
+    metric_names: {Created Ticket: Ticket Opened}
+"""
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(text, env or {})
+    assert exc.value.exit_code == 2
+    return exc.value.problems
+
+
+def test_example_jobs_yaml_is_valid() -> None:
+    """The shipped jobs.yaml parses into the documented defaults."""
+    settings = load_settings(ROOT / "jobs.yaml", {})
+    job = settings.jobs["intercom_to_klaviyo"]
+    assert settings.database_url == "sqlite:///etl-state.db"
+    assert job.streams == ("contacts", "conversations", "tickets")
+    assert job.lookback == timedelta(minutes=15) and job.flow_trigger_max_age == timedelta(hours=24)
+    assert job.start_date == datetime(2026, 1, 1, tzinfo=UTC)
+    assert job.intercom.token_env == "INTERCOM_ACCESS_TOKEN" and job.intercom.version == "2.16"
+    assert job.klaviyo.revision == "2026-07-15" and job.lock_ttl == timedelta(minutes=10)
+
+
+def test_good_file_with_overrides() -> None:
+    """Values given override defaults; streams come back in flow order."""
+    job = parse_settings(GOOD, {}).jobs["shop"]
+    assert job.streams == ("contacts", "tickets")
+    assert job.intercom.per_page == 50 and job.intercom.base_url == "https://api.eu.intercom.io"
+    assert job.lookback == timedelta(hours=1, minutes=30)
+    assert job.metric_names == {"Created Ticket": "Ticket Opened"}
+
+
+def test_env_expansion_with_defaults_and_override_of_database_url() -> None:
+    """${VAR} and ${VAR:-default} expand; ETL_DATABASE_URL wins over the file."""
+    text = GOOD.replace("https://api.eu.intercom.io", '"${IC_URL:-https://api.au.intercom.io}"').replace(
+        "lookback: 1h30m", "lookback: ${LOOKBACK}"
+    )
+    s = parse_settings(text, {"LOOKBACK": "5m", "ETL_DATABASE_URL": "postgresql+psycopg://db/etl"})
+    assert s.jobs["shop"].intercom.base_url == "https://api.au.intercom.io"
+    assert s.jobs["shop"].lookback == timedelta(minutes=5)
+    assert s.database_url == "postgresql+psycopg://db/etl"
+
+
+def test_unset_env_var_is_reported_with_its_path() -> None:
+    """A ${VAR} without a default and without a value names the variable and the key."""
+    assert problems(GOOD.replace("1h30m", "${LOOKBACK}")) == [
+        "jobs.shop.lookback: environment variable LOOKBACK is not set (use ${LOOKBACK:-default} for a default)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("lookback: 1h30m", "lookback: 15 mins", "jobs.shop.lookback: expected a duration like 15m, got '15 mins'"),
+        ("per_page: 50", "per_page: 151", "jobs.shop.intercom.per_page: expected a whole number from 1 to 150, got 151"),
+        ("https://api.eu.intercom.io", "http://api.eu.intercom.io",
+         "jobs.shop.intercom.base_url: http:// is refused except for loopback hosts; use https:// "
+         "(got 'http://api.eu.intercom.io')"),
+        ("[tickets, contacts]", "[tickets, chats]",
+         "jobs.shop.streams: unknown stream 'chats'; expected some of: contacts, conversations, tickets"),
+        ("start_date: 2026-01-01", "start_date: soon",
+         "jobs.shop.start_date: expected an ISO 8601 timestamp or date like 2026-01-01T00:00:00Z, got 'soon'"),
+        ("lookback: 1h30m", "lookbak: 1h", "jobs.shop.lookbak: unknown key (did you mean 'lookback'?)"),
+        ("{Created Ticket: Ticket Opened}", "{Created Tickets: X}",
+         "jobs.shop.metric_names.Created Tickets: unknown name; expected one of: Created Conversation, "
+         "Rated Conversation, Read Conversation, Replied to Conversation, Created Ticket, Submitted Ticket, "
+         "Replied to Ticket, Marked Ticket as Waiting on Customer, Resolved Ticket"),
+        ("token_env: IC_TOKEN", "token_env: ic token",
+         "jobs.shop.intercom.token_env: expected an environment variable name like INTERCOM_ACCESS_TOKEN, "
+         "got 'ic token'"),
+    ],
+)  # fmt: skip
+def test_each_kind_of_mistake(old: str, new: str, expected: str) -> None:
+    """Each mistake is reported with its path and what was expected."""
+    assert old in GOOD
+    assert problems(GOOD.replace(old, new)) == [expected]
+
+
+def test_loopback_http_is_allowed() -> None:
+    """http:// is fine for the sandbox on 127.0.0.1 and localhost."""
+    text = GOOD.replace("https://api.eu.intercom.io", "http://127.0.0.1:8701")
+    assert parse_settings(text, {}).jobs["shop"].intercom.base_url == "http://127.0.0.1:8701"
+
+
+def test_five_mistakes_are_reported_in_one_error() -> None:
+    """Five mistakes give one ConfigError listing all five."""
+    text = (
+        GOOD.replace("1h30m", "15 mins")
+        .replace("per_page: 50", "per_page: 0")
+        .replace("[tickets, contacts]", "[]")
+        .replace("start_date: 2026-01-01", "start_date: 2026-13-01")
+        .replace("klaviyo: {api_key_env: KL_KEY}", "klaviyo: {api_key_env: KL_KEY, revison: x}")
+    )
+    found = problems(text)
+    assert len(found) == 5
+    with pytest.raises(ConfigError, match=r"^5 problems: "):
+        parse_settings(text, {})
+
+
+def test_missing_top_level_pieces() -> None:
+    """A file without jobs, or with a job lacking required keys, says what is required."""
+    assert problems("database_url: sqlite:///x.db\n") == ["(top level).jobs: required"]
+    assert problems("jobs:\n  shop: {}\n") == [
+        "jobs.shop.intercom: required", "jobs.shop.klaviyo: required", "jobs.shop.start_date: required"
+    ]  # fmt: skip
+
+
+def test_invalid_yaml_is_one_line() -> None:
+    """Broken YAML names the position."""
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 3, column 1"):
+        parse_settings("jobs:\n  shop: [\n", {})
+
+
+def test_missing_secrets_name_the_variables() -> None:
+    """secrets_for names every unset variable and returns the values when set."""
+    job = parse_settings(GOOD, {}).jobs["shop"]
+    with pytest.raises(ConfigError) as exc:
+        secrets_for(job, {"IC_TOKEN": "t"})
+    assert "KL_KEY is not set" in str(exc.value) and "IC_TOKEN" not in str(exc.value)
+    secrets = secrets_for(job, {"IC_TOKEN": "t", "KL_KEY": "k"})
+    assert (secrets.intercom_token, secrets.klaviyo_api_key) == ("t", "k")
+
+
+def test_parsers() -> None:
+    """Durations and timestamps parse to exact values; naive timestamps are UTC."""
+    assert parse_duration("2d") == timedelta(days=2) and parse_duration("90s") == timedelta(seconds=90)
+    with pytest.raises(ValueError):
+        parse_duration("")
+    assert parse_timestamp("2026-03-01T10:00:00+02:00") == datetime(2026, 3, 1, 8, tzinfo=UTC)
+    assert parse_timestamp("2026-03-01") == datetime(2026, 3, 1, tzinfo=UTC)
+    assert parse_timestamp("2026-03-01T10:00:00Z") == datetime(2026, 3, 1, 10, tzinfo=UTC)

@@ -1,0 +1,131 @@
+"""The state store on SQLite and PostgreSQL: migrations, watermarks, snapshots, outbox, runs, locks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from etl.errors import LockHeld, StateError
+from etl.models import Snapshot
+from etl.state import StateStore, metadata
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def test_migrations_upgrade_from_empty_to_head(db_url: str) -> None:
+    """An empty database upgrades to the head revision and reports it."""
+    s = StateStore(db_url)
+    assert s.current_revision() is None
+    before, after = s.upgrade()
+    assert (before, after) == (None, s.head_revision())
+    s.close()
+
+
+def test_models_and_migrations_agree(store: StateStore) -> None:
+    """Alembic autogenerate finds no difference between the tables and the migrated schema."""
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+    assert diff == []
+
+
+def test_ensure_schema_upgrades_sqlite_but_asks_postgres_to_migrate(db_url: str) -> None:
+    """A database that is behind is upgraded on SQLite and refused with a one-line hint on PostgreSQL."""
+    s = StateStore(db_url)
+    if s.dialect == "sqlite":
+        s.ensure_schema()
+        assert s.current_revision() == s.head_revision()
+    else:
+        with pytest.raises(StateError, match=r"run `etl db upgrade`$"):
+            s.ensure_schema()
+    s.close()
+
+
+def test_watermark_never_moves_backwards_unless_forced(store: StateStore) -> None:
+    """set_watermark keeps the maximum; force moves it back by hand."""
+    assert store.set_watermark("j", "contacts", T0, T0)
+    assert not store.set_watermark("j", "contacts", T0 - timedelta(hours=1), T0)
+    assert store.watermarks("j") == {"contacts": T0}
+    assert store.set_watermark("j", "contacts", T0 - timedelta(hours=1), T0, force=True)
+    assert store.watermarks("j")["contacts"] == T0 - timedelta(hours=1)
+    assert store.watermarks("j")["contacts"].tzinfo is not None
+
+
+def test_snapshots_roundtrip_and_upsert(store: StateStore) -> None:
+    """Snapshots are stored, loaded by id in one query, and replaced on upsert."""
+    a = Snapshot("conversations", "1", T0, "d1", {"read": False, "tags": ["x"]})
+    b = Snapshot("conversations", "2", T0, "d2", {"read": True})
+    with store.transaction() as conn:
+        store.save_snapshots(conn, "j", [a, b])
+    with store.transaction() as conn:
+        store.save_snapshots(
+            conn, "j", [Snapshot("conversations", "1", T0 + timedelta(1), "d3", {"read": True})]
+        )
+        loaded = store.load_snapshots(conn, "j", "conversations", ["1", "2", "3"])
+    assert set(loaded) == {"1", "2"}
+    assert loaded["1"].digest == "d3" and loaded["1"].data == {"read": True}
+    assert loaded["1"].updated_at == T0 + timedelta(1)
+    assert store.snapshot_counts("j") == {"conversations": 2}
+
+
+def test_outbox_dedupes_by_unique_id_and_tracks_status(store: StateStore) -> None:
+    """Enqueueing the same unique_id twice keeps one row; sent/failed/retry move it through its states."""
+    with store.transaction() as conn:
+        n = store.enqueue(conn, "j", [("event", "u1", {"a": 1}), ("event", "u2", {"a": 2})], None, T0)
+        again = store.enqueue(conn, "j", [("event", "u1", {"a": 9}), ("profile", "u1", {"p": 1})], None, T0)
+    assert (n, again) == (2, 1)
+    items = store.pending("j", "event", limit=10)
+    assert [i.unique_id for i in items] == ["u1", "u2"] and items[0].payload == {"a": 1}
+    store.mark_delivered([items[0].id], {items[1].id: "invalid email"}, T0)
+    assert store.outbox_counts("j") == {"sent": 1, "failed": 1, "pending": 1}
+    failed = store.outbox_items("j", "failed", 10)
+    assert failed[0]["last_error"] == "invalid email" and failed[0]["attempts"] == 1
+    assert store.retry_failed("j") == 1
+    assert [i.unique_id for i in store.pending("j", "event", limit=10)] == ["u2"]
+
+
+def test_pending_pages_in_id_order(store: StateStore) -> None:
+    """pending() returns bounded chunks in queue order, continuing after the last id."""
+    with store.transaction() as conn:
+        store.enqueue(conn, "j", [("event", f"u{i}", {"i": i}) for i in range(5)], None, T0)
+    first = store.pending("j", "event", limit=2)
+    rest = store.pending("j", "event", limit=10, after_id=first[-1].id)
+    assert [i.payload["i"] for i in first + rest] == [0, 1, 2, 3, 4]
+
+
+def test_runs_are_recorded(store: StateStore) -> None:
+    """A run is started, updated with counts and listed newest first."""
+    r1 = store.start_run("j", "incremental", {"contacts": ["a", "b"]}, T0)
+    r2 = store.start_run("j", "backfill", None, T0)
+    store.update_run(r1, status="succeeded", finished_at=T0, counts={"contacts": {"objects": 3}})
+    rows = store.runs("j", 10)
+    assert [r.id for r in rows] == [r2, r1]
+    assert rows[1].counts == {"contacts": {"objects": 3}} and rows[1].status == "succeeded"
+    assert store.last_run("j", "incremental", "succeeded").id == r1
+
+
+def test_lock_is_exclusive_until_it_expires(store: StateStore) -> None:
+    """A second owner is refused while the lease lives and takes it over once it expired."""
+    ttl = timedelta(minutes=10)
+    store.acquire_lock("j", "a", ttl, T0)
+    with pytest.raises(LockHeld, match="already running") as exc:
+        store.acquire_lock("j", "b", ttl, T0 + timedelta(minutes=5))
+    assert exc.value.exit_code == 75
+    store.renew_lock("j", "a", ttl, T0 + timedelta(minutes=5))
+    with pytest.raises(LockHeld):
+        store.acquire_lock("j", "b", ttl, T0 + timedelta(minutes=14))
+    store.acquire_lock("j", "b", ttl, T0 + timedelta(minutes=16))
+    with pytest.raises(LockHeld, match="lost its lease"):
+        store.renew_lock("j", "a", ttl, T0 + timedelta(minutes=16))
+    store.release_lock("j", "b")
+    assert store.lock_holder("j") is None
+
+
+def test_unreachable_database_is_a_state_error() -> None:
+    """A database that cannot be reached is a StateError (exit 5) without the password."""
+    s = StateStore("postgresql+psycopg://etl:s3cret@127.0.0.1:1/etl")
+    with pytest.raises(StateError) as exc:
+        s.current_revision()
+    assert exc.value.exit_code == 5 and "s3cret" not in str(exc.value)
