@@ -1,0 +1,136 @@
+"""Contact snapshot → Klaviyo profile, and the identity (email / E.164 phone) events are keyed by.
+
+Pure: no I/O. Counts returned beside results use the keys `dropped:invalid_email`, `dropped:invalid_phone`,
+`skipped:no_identifier` and `truncated`; the pipeline adds them to the run report.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import phonenumbers
+
+from etl.limits import fit_properties
+from etl.models import Identity, Profile, Snapshot
+from etl.snapshots import digest, email, obj, text
+
+MAX_EMAIL_CHARS = 100  # Klaviyo rejects longer email addresses on profiles
+EMAIL_SHAPE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+PROFILE_PROPERTY_KEYS = (  # DESIGN §4.2, the keys of Klaviyo's native Intercom integration
+    "intercom_contact_id",
+    "intercom_contact_role",
+    "intercom_has_hard_bounced",
+    "intercom_marked_email_as_spam",
+    "intercom_unsubscribed_from_emails",
+    "intercom_opted_out_subscription_types_count",
+    "intercom_custom_attributes",
+    "intercom_tags",
+)
+
+
+def normalize_email(value: Any) -> str | None:
+    """The trimmed, lower-cased address, or None when absent, malformed or longer than Klaviyo accepts."""
+    candidate = email(value)
+    if candidate is None or len(candidate) > MAX_EMAIL_CHARS or not EMAIL_SHAPE.fullmatch(candidate):
+        return None
+    return candidate
+
+
+def normalize_phone(value: Any, default_phone_region: str) -> str | None:
+    """The number in E.164, or None when absent or not a valid number (national numbers use the region)."""
+    candidate = text(value)
+    if candidate is None:
+        return None
+    try:
+        number = phonenumbers.parse(candidate, default_phone_region.upper() or None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def contact_identity(
+    contact: Snapshot | Mapping[str, Any], default_phone_region: str
+) -> tuple[Identity | None, dict[str, int]]:
+    """The identity of a contact (snapshot, its data, or the raw contact); None when it has no identifier.
+
+    Counts the email or phone dropped as invalid; skipping is counted by whoever skips (`to_profile`, `diff`).
+    """
+    data = contact.data if isinstance(contact, Snapshot) else contact
+    counts: dict[str, int] = {}
+    raw_email, raw_phone = text(data.get("email")), text(data.get("phone"))
+    address = normalize_email(raw_email)
+    phone = normalize_phone(raw_phone, default_phone_region)
+    if raw_email is not None and raw_email.strip() and address is None:
+        counts["dropped:invalid_email"] = 1
+    if raw_phone is not None and raw_phone.strip() and phone is None:
+        counts["dropped:invalid_phone"] = 1
+    if address is None and phone is None:
+        return None, counts
+    return Identity(email=address, phone_number=phone, contact_id=text(data.get("id"))), counts
+
+
+def split_name(name: str | None) -> tuple[str | None, str | None]:
+    """First word → first name, the rest → last name ("Mary Ann Smith" → "Mary", "Ann Smith")."""
+    words = (name or "").split()
+    if not words:
+        return None, None
+    return words[0], " ".join(words[1:]) or None
+
+
+def to_profile(
+    contact: Snapshot,
+    tags: Mapping[str, str],
+    default_phone_region: str,
+    property_names: Mapping[str, str] | None = None,
+) -> tuple[Profile | None, dict[str, int]]:
+    """The Klaviyo profile of a contact snapshot (DESIGN §4.2); None when it has neither email nor phone."""
+    identity, counts = contact_identity(contact, default_phone_region)
+    if identity is None:
+        return None, {**counts, "skipped:no_identifier": 1}
+    data = contact.data
+    names = property_names or {}
+    first_name, last_name = split_name(text(data.get("name")))
+    places = {key: text(value) for key, value in obj(data.get("location")).items()}
+    location = {key: value for key, value in places.items() if value is not None}
+    tag_names = sorted({tags[ident] for ident in data.get("tag_ids") or [] if ident in tags})
+    values = (
+        contact.object_id,
+        data.get("role"),
+        data.get("has_hard_bounced"),
+        data.get("marked_email_as_spam"),
+        data.get("unsubscribed_from_emails"),
+        data.get("opted_out_count"),
+        data.get("custom_attributes"),
+        tag_names,
+    )
+    raw_properties = {
+        names.get(key, key): value for key, value in zip(PROFILE_PROPERTY_KEYS, values, strict=True)
+    }
+    fitted = fit_properties(raw_properties)
+    if fitted.truncations:
+        counts["truncated"] = fitted.truncations
+    image = text(data.get("avatar"))
+    content = {
+        "email": identity.email,
+        "phone_number": identity.phone_number,
+        "first_name": first_name,
+        "last_name": last_name,
+        "image": image,
+        "location": location,
+        "properties": fitted.properties,
+    }
+    profile = Profile(
+        unique_id=f"intercom:contact:{contact.object_id}:{digest(content)[:16]}",
+        identity=identity,
+        first_name=first_name,
+        last_name=last_name,
+        image=image,
+        location=location,
+        properties=fitted.properties,
+    )
+    return profile, counts
