@@ -1,0 +1,297 @@
+"""What the fake Klaviyo holds and how it judges bulk requests: deduped events, profiles, import jobs.
+
+Which invalid input fails what (the sandbox's reading of Klaviyo's documented behaviour):
+- the whole request fails with 400 and one error per problem, each with a `source.pointer` naming the item:
+  a body that breaks the spec's schema; too many items; for events, a profile without an identifier, an
+  invalid email or phone number, a metric name of 128+ characters, a time before 1990 or over a year
+  ahead, more than 400 properties, a string over 100 KB, and a (profile, metric, unique_id) repeated
+  inside the request (spec: "the request will fail and no events will be processed"); for profile
+  imports, a profile without an identifier and an invalid email address;
+- a profile import is accepted (202 with a job id) and the profile is reported in the job's
+  `import-errors` while the rest is imported: a phone number that is not a valid E.164 number (checked
+  with `phonenumbers`), and a profile whose resource is over 100 KB.
+Events are deduplicated like Klaviyo does: the first event of a (profile, metric, unique_id) wins and
+later ones are accepted and ignored; without a unique_id the time (to the second) is the key. A profile
+is identified by its email (lower-cased), else its phone number, else its external_id.
+Import jobs are applied when submitted and report `queued`, then `processing`, then `complete` as the
+injected clock passes `queued_seconds` and `processing_seconds`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import phonenumbers
+
+from etl.sandbox.klaviyo_schema import problems
+
+MAX_METRIC_NAME = 127  # "Must be less than 128 characters" (spec, MetricCreateQueryResourceObject.name)
+MAX_EVENT_PROPERTIES = 400  # "must not exceed 400 properties" (spec, event attributes.properties)
+MAX_STRING_BYTES = 100_000  # "A single string cannot exceed 100KB" (spec, bulk create events), decimal
+EARLIEST_EVENT = datetime(1990, 1, 1, tzinfo=UTC)  # "The time must be after the year 1990" (spec)
+IDENTIFIERS = ("id", "email", "phone_number", "external_id", "anonymous_id", "_kx")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EVENTS = "/data/attributes/events-bulk-create/data"
+_PROFILES = "/data/attributes/profiles/data"
+
+
+@dataclass
+class KlaviyoSettings:
+    """The fake's limits and timings; tests shrink them. Defaults are Klaviyo's documented values."""
+
+    api_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)  # key -> scopes; see server
+    burst_per_second: int = 10  # spec x-klaviyo-ratelimit of both bulk endpoints: burst 10/s
+    steady_per_minute: int = 150  # ... steady 150/m
+    max_events: int = 1_000  # "Accepts up to 1,000 events per request" (spec)
+    max_profiles: int = 10_000  # "Accepts up to 10,000 profiles per request" (spec)
+    max_request_bytes: int = 5_000_000  # "5MB", enforced at the stricter decimal reading
+    max_profile_bytes: int = 100_000  # "100KB" per profile, decimal likewise
+    queued_seconds: float = 0.5  # an import job reads `queued` this long after submission
+    processing_seconds: float = 1.0  # ... then `processing` this long, then `complete`
+    storm_retry_after: int = 1  # Retry-After of the 429s that `faults.storm_requests` injects
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One event Klaviyo kept after deduplication."""
+
+    profile: str  # the profile key: its email, else phone number, else external_id
+    metric: str
+    unique_id: str
+    time: str
+    properties: Mapping[str, Any]
+    backfill: bool
+
+
+@dataclass
+class ImportJob:
+    """One bulk profile import job and the import errors of its profiles."""
+
+    id: str
+    created_at: float
+    total: int
+    errors: list[dict[str, Any]]
+
+    def status(self, now: float, settings: KlaviyoSettings) -> str:
+        age = now - self.created_at
+        if age < settings.queued_seconds:
+            return "queued"
+        if age < settings.queued_seconds + settings.processing_seconds:
+            return "processing"
+        return "complete"
+
+
+def error(status: int, code: str, title: str, detail: str, pointer: str | None = None) -> dict[str, Any]:
+    """One JSON:API error object in Klaviyo's shape (spec components.responses.ClientError)."""
+    body: dict[str, Any] = {"id": str(uuid.uuid4()), "status": status, "code": code, "title": title}
+    body["detail"] = detail
+    if pointer is not None:
+        body["source"] = {"pointer": pointer}
+    return body
+
+
+def invalid(detail: str, pointer: str) -> dict[str, Any]:
+    return error(400, "invalid", "Invalid input.", detail, pointer)
+
+
+def profile_key(attributes: Mapping[str, Any]) -> str | None:
+    email = attributes.get("email")
+    if email:
+        return str(email).strip().lower()
+    return attributes.get("phone_number") or attributes.get("external_id") or attributes.get("id")
+
+
+def _valid_phone(number: str) -> bool:
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return False
+    return number.startswith("+") and phonenumbers.is_valid_number(parsed)
+
+
+def _identity_problems(attributes: Mapping[str, Any], pointer: str, *, phone: bool) -> list[dict[str, Any]]:
+    if not any(attributes.get(name) for name in IDENTIFIERS):
+        return [invalid("At least one profile identifier is required.", pointer)]
+    found = []
+    email = attributes.get("email")
+    if email and not _EMAIL.match(str(email).strip()):
+        found.append(invalid(f"Invalid email address: '{email}'.", f"{pointer}/email"))
+    number = attributes.get("phone_number")
+    if phone and number and not _valid_phone(str(number)):
+        found.append(invalid(f"Invalid phone number format: '{number}'.", f"{pointer}/phone_number"))
+    return found
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _event_problems(event: Mapping[str, Any], pointer: str, now: float) -> list[dict[str, Any]]:
+    attributes = event["attributes"]
+    found = []
+    name = attributes["metric"]["data"]["attributes"]["name"]
+    if len(name) > MAX_METRIC_NAME:
+        found.append(
+            invalid("Metric name must be less than 128 characters.", f"{pointer}/metric/data/attributes/name")
+        )
+    moment = attributes.get("time")
+    if moment is not None:
+        try:
+            parsed = datetime.fromisoformat(moment)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            latest = datetime.fromtimestamp(now, UTC) + timedelta(days=365)
+            if not EARLIEST_EVENT < parsed <= latest:
+                found.append(
+                    invalid("Time must be after 1990 and at most one year ahead.", f"{pointer}/time")
+                )
+        except ValueError:
+            found.append(invalid(f"Invalid datetime: '{moment}'.", f"{pointer}/time"))
+    properties = attributes["properties"]
+    if len(properties) > MAX_EVENT_PROPERTIES:
+        found.append(invalid("An event may have at most 400 properties.", f"{pointer}/properties"))
+    if any(len(text.encode()) > MAX_STRING_BYTES for text in _strings(properties)):
+        found.append(invalid("A string in the event payload is larger than 100KB.", f"{pointer}/properties"))
+    return found
+
+
+class KlaviyoStore:
+    """Thread-safe state of the fake: deduped events, upserted profiles, import jobs."""
+
+    def __init__(self, settings: KlaviyoSettings, clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.lock = threading.Lock()
+        self._events: dict[tuple[str, str, str], StoredEvent] = {}
+        self._profiles: dict[str, dict[str, Any]] = {}
+        self._jobs: dict[str, ImportJob] = {}
+
+    # -- read-back ---------------------------------------------------------------------------------
+    @property
+    def events(self) -> list[StoredEvent]:
+        with self.lock:
+            return list(self._events.values())
+
+    @property
+    def profiles(self) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            return {key: dict(value) for key, value in self._profiles.items()}
+
+    def job(self, job_id: str) -> ImportJob | None:
+        with self.lock:
+            return self._jobs.get(job_id)
+
+    # -- writes ------------------------------------------------------------------------------------
+    def create_events(self, body: Any) -> list[dict[str, Any]]:
+        """Record a bulk create body; the errors that fail the whole request (then nothing is recorded)."""
+        found = [invalid(message, pointer) for pointer, message in problems(body, "EventsBulkCreateJob")]
+        if found:
+            return found
+        groups = body["data"]["attributes"]["events-bulk-create"]["data"]
+        count = sum(len(group["attributes"]["events"]["data"]) for group in groups)
+        if count > self.settings.max_events:
+            return [
+                invalid(f"A maximum of {self.settings.max_events} events is allowed per request.", _EVENTS)
+            ]
+        now = self.clock()
+        accepted: list[tuple[tuple[str, str, str], StoredEvent]] = []
+        keys: set[tuple[str, str, str]] = set()
+        for g, group in enumerate(groups):
+            profile = group["attributes"]["profile"]["data"]["attributes"]
+            pointer = f"{_EVENTS}/{g}/attributes/profile/data/attributes"
+            found += _identity_problems(profile, pointer, phone=True)
+            owner = profile_key(profile) or ""
+            for e, event in enumerate(group["attributes"]["events"]["data"]):
+                event_pointer = f"{_EVENTS}/{g}/attributes/events/data/{e}/attributes"
+                found += _event_problems(event, event_pointer, now)
+                attributes = event["attributes"]
+                metric = attributes["metric"]["data"]["attributes"]["name"]
+                moment = attributes.get("time") or datetime.fromtimestamp(now, UTC).isoformat()
+                key = (owner, metric, attributes.get("unique_id") or moment[:19])
+                if key in keys:
+                    found.append(
+                        invalid(
+                            "Duplicate unique_id for the same profile and metric in one request.",
+                            f"{event_pointer}/unique_id",
+                        )
+                    )
+                keys.add(key)
+                backfill = attributes.get("backfill")
+                if backfill is None:
+                    backfill = bool(group["attributes"].get("backfill"))
+                stored = StoredEvent(owner, metric, key[2], moment, attributes["properties"], bool(backfill))
+                accepted.append((key, stored))
+        if found:
+            return found
+        with self.lock:
+            for key, stored in accepted:
+                self._events.setdefault(key, stored)
+        return []
+
+    def import_profiles(self, body: Any) -> tuple[ImportJob | None, list[dict[str, Any]]]:
+        """Start an import job for a bulk import body; or the errors that fail the whole request."""
+        found = [
+            invalid(message, pointer) for pointer, message in problems(body, "ProfileImportJobCreateQuery")
+        ]
+        if found:
+            return None, found
+        resources = body["data"]["attributes"]["profiles"]["data"]
+        if len(resources) > self.settings.max_profiles:
+            return None, [
+                invalid(
+                    f"A maximum of {self.settings.max_profiles} profiles is allowed per request.", _PROFILES
+                )
+            ]
+        for index, resource in enumerate(resources):
+            found += _identity_problems(
+                resource["attributes"], f"{_PROFILES}/{index}/attributes", phone=False
+            )
+        if found:
+            return None, found
+        job_errors: list[dict[str, Any]] = []
+        upserts: list[tuple[str, Mapping[str, Any]]] = []
+        for index, resource in enumerate(resources):
+            attributes = resource["attributes"]
+            size = len(json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode())
+            problem: dict[str, Any] | None = None
+            if size > self.settings.max_profile_bytes:
+                problem = invalid(
+                    f"Profile payload is {size} bytes; the maximum is {self.settings.max_profile_bytes}.",
+                    f"{_PROFILES}/{index}",
+                )
+            elif attributes.get("phone_number") and not _valid_phone(str(attributes["phone_number"])):
+                problem = invalid(
+                    f"Invalid phone number format: '{attributes['phone_number']}'.",
+                    f"{_PROFILES}/{index}/attributes/phone_number",
+                )
+            if problem is None:
+                upserts.append((profile_key(attributes) or "", attributes))
+                continue
+            problem.pop("status")
+            problem["original_payload"] = dict(attributes)
+            job_errors.append(problem)
+        with self.lock:
+            for key, attributes in upserts:
+                current = self._profiles.setdefault(key, {})
+                merged_properties = {**current.get("properties", {}), **attributes.get("properties", {})}
+                current.update(attributes)
+                if merged_properties:
+                    current["properties"] = merged_properties
+            job = ImportJob(f"sbx{uuid.uuid4().hex[:23]}", self.clock(), len(resources), job_errors)
+            self._jobs[job.id] = job
+        return job, []
