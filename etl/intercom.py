@@ -1,0 +1,260 @@
+"""The Intercom client: search paging per window, admins/teams/tags, contact batch lookup (DESIGN §5).
+
+Raw JSON stops here: callers get dicts exactly as Intercom sent them, already filtered to their window.
+
+How `pages(window)` reads a window `[since, until)` completely, whatever the server does with timestamps:
+- the query asks for `updated_at > since - 2 days AND updated_at < until + 2 days`. Contact search truncates
+  both bounds to calendar days in the workspace's (unknown) timezone, conversation/ticket search may or may
+  not include equality; a day is never longer than 25 hours, so under every one of these readings the result
+  set contains every object with `since <= updated_at < until`. We filter exactly on our side.
+- results are sorted by `updated_at` descending, and paging stops at the first page whose last object is
+  older than `since` (everything after it is older still) or when `pages.next` is absent. The re-read
+  overlap is therefore at most one page: a run in which nothing changed costs one search call per stream
+  when fewer than `per_page` objects lie in `[since, until)` — day-granular search included, because the
+  widened lower bound is never paged through.
+- objects changing while we page. An update gives an object `updated_at >= until` (it happens after the run's
+  signpost), so it moves to the top of a descending order: it is outside this window and the next run reads
+  it. Moving to the top (and new objects appearing there) only pushes the unread objects further down, so
+  with a position-based cursor they are re-sent (we drop repeats: each id at most once per call), never
+  skipped; with a key-based cursor nothing moves. Proof: an unread object's position never decreases while
+  our offset grows by exactly one page, so it is still at or after the offset of the next request; paging
+  ends only on a page that reaches past it. An object *leaving* the result set (a merged contact) would
+  shift unread objects up past our offset, so a falling `total_count` makes us re-read the stream from the
+  top (repeats dropped); a departure hidden by an equal number of arrivals is not visible through an opaque
+  cursor, and is not covered.
+- assumption: the server orders equal `updated_at` consistently (by id), as Intercom's `[updated_at, id]`
+  cursors do; objects sharing a timestamp across a page boundary are then read once.
+- a cursor seen twice in one call is a server loop: IntercomError rather than paging forever.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from etl.errors import IntercomError
+from etl.http import DEFAULT_TIMEOUT, CallStats, HttpClient
+from etl.models import STREAMS, Page, Window
+
+MAX_PER_PAGE = 150  # spec 2.16: search pagination.per_page maximum
+WINDOW_SLACK_SECONDS = 2 * 86_400  # > the longest calendar day (25 h at a DST change): covers day truncation
+MAX_IDS_PER_LOOKUP = 15  # spec: 15 filters per group; IN is "a shortcut for OR", so we assume values count
+MAX_RESTARTS = 3  # re-reads of one window after the result set shrank while paging
+MAX_MERGE_HOPS = 3  # spec: the Link header already resolves chains "up to 3 hops"
+LIST_KEYS = {"contacts": "data", "conversations": "conversations", "tickets": "tickets"}
+_LINK = re.compile(r"<[^>]*/contacts/([^>/]+)>")
+
+
+def _epoch(obj: Mapping[str, Any]) -> int:
+    return int(obj.get("updated_at") or 0)
+
+
+class IntercomClient:
+    """Reads one Intercom workspace through the shared HTTP policy (etl.http)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        token_env: str,
+        version: str = "2.16",
+        per_page: int = MAX_PER_PAGE,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.per_page = max(1, min(per_page, MAX_PER_PAGE))
+        self.http = HttpClient(
+            service="Intercom",
+            base_url=base_url,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Intercom-Version": version,
+                "Accept": "application/json",
+            },
+            error_class=IntercomError,
+            secret_env=token_env,
+            secrets=(token,),
+            timeout=timeout,
+            sleep=sleep,
+            clock=clock,
+        )
+        self._admins: dict[str, dict[str, Any]] | None = None
+        self._teams: dict[str, str] | None = None
+        self._tags: dict[str, str] | None = None
+
+    @property
+    def stats(self) -> CallStats:
+        return self.http.stats
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> IntercomClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- search -----------------------------------------------------------------------------------
+    def _search(
+        self, stream: str, query: Mapping[str, Any], cursor: str | None, sort: bool
+    ) -> dict[str, Any]:
+        pagination: dict[str, Any] = {"per_page": self.per_page}
+        if cursor:
+            pagination["starting_after"] = cursor
+        body: dict[str, Any] = {"query": query, "pagination": pagination}
+        if sort:
+            body["sort"] = {"field": "updated_at", "order": "descending"}
+        reply = self.http.request("POST", f"/{stream}/search", json=body)
+        if not isinstance(reply.body, dict) or not isinstance(reply.body.get(LIST_KEYS[stream]), list):
+            raise IntercomError(
+                f"Intercom answered POST /{stream}/search with an unexpected body; try again later"
+            )
+        return reply.body
+
+    @staticmethod
+    def _next_cursor(body: Mapping[str, Any]) -> str | None:
+        following = (body.get("pages") or {}).get("next") or {}
+        cursor = following.get("starting_after") if isinstance(following, Mapping) else None
+        return str(cursor) if cursor else None
+
+    def pages(self, window: Window) -> Iterator[Page]:
+        """One Page per search response, each holding the objects with since <= updated_at < until not yet
+        yielded by this call (see the module docstring for why none is missed)."""
+        if window.stream not in STREAMS:
+            raise ValueError(f"unknown stream {window.stream!r}")
+        stream = window.stream
+        since, until = window.since.timestamp(), window.until.timestamp()
+        query = {
+            "operator": "AND",
+            "value": [
+                {"field": "updated_at", "operator": ">", "value": math.floor(since) - WINDOW_SLACK_SECONDS},
+                {"field": "updated_at", "operator": "<", "value": math.ceil(until) + WINDOW_SLACK_SECONDS},
+            ],
+        }
+        yielded: set[str] = set()
+        cursors: set[str] = set()
+        cursor: str | None = None
+        total: int | None = None
+        restarts = number = 0
+        while True:
+            body = self._search(stream, query, cursor, sort=True)
+            count = body.get("total_count")
+            if isinstance(count, int) and total is not None and count < total and cursor is not None:
+                # something left the result set while we paged: unread objects may have shifted past
+                # our position, so read again from the top (repeats are dropped below)
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise IntercomError(
+                        f"Intercom's {stream} search results kept shrinking while paging; run the job again"
+                    )
+                total, cursor = count, None
+                cursors.clear()
+                continue
+            total = count if isinstance(count, int) else total
+            objects = body[LIST_KEYS[stream]]
+            fresh = []
+            for obj in objects:
+                if since <= _epoch(obj) < until and str(obj.get("id")) not in yielded:
+                    yielded.add(str(obj.get("id")))
+                    fresh.append(obj)
+            number += 1
+            yield Page(stream=stream, objects=tuple(fresh), total_count=total, number=number)
+            cursor = self._next_cursor(body)
+            if cursor is None or (objects and _epoch(objects[-1]) < since):
+                return
+            if cursor in cursors:
+                raise IntercomError(
+                    f"Intercom returned the same {stream} search cursor twice; stopped paging to avoid a loop"
+                )
+            cursors.add(cursor)
+
+    # -- reference data ---------------------------------------------------------------------------
+    def _get(self, path: str, key: str) -> list[dict[str, Any]]:
+        reply = self.http.request("GET", path)
+        items = reply.body.get(key) if isinstance(reply.body, dict) else None
+        if not isinstance(items, list):
+            raise IntercomError(f"Intercom answered GET {path} with an unexpected body; try again later")
+        return [item for item in items if isinstance(item, dict)]
+
+    def admins(self) -> dict[str, dict[str, Any]]:
+        """Admin id -> {"name", "email"}; fetched once per client."""
+        if self._admins is None:
+            self._admins = {
+                str(a["id"]): {"name": a.get("name"), "email": a.get("email")}
+                for a in self._get("/admins", "admins")
+            }
+        return self._admins
+
+    def teams(self) -> dict[str, str]:
+        """Team id -> name; fetched once per client."""
+        if self._teams is None:
+            self._teams = {str(t["id"]): str(t.get("name") or "") for t in self._get("/teams", "teams")}
+        return self._teams
+
+    def tags(self) -> dict[str, str]:
+        """Tag id -> name; fetched once per client."""
+        if self._tags is None:
+            self._tags = {str(t["id"]): str(t.get("name") or "") for t in self._get("/tags", "data")}
+        return self._tags
+
+    # -- contacts ---------------------------------------------------------------------------------
+    def _search_ids(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), MAX_IDS_PER_LOOKUP):
+            query = {"field": "id", "operator": "IN", "value": ids[start : start + MAX_IDS_PER_LOOKUP]}
+            cursor: str | None = None
+            seen: set[str] = set()
+            while True:
+                body = self._search("contacts", query, cursor, sort=False)
+                for contact in body["data"]:
+                    found[str(contact.get("id"))] = contact
+                cursor = self._next_cursor(body)
+                if cursor is None or cursor in seen:
+                    break
+                seen.add(cursor)
+        return found
+
+    def _survivor_id(self, contact_id: str) -> tuple[str | None, dict[str, Any] | None]:
+        """Follow GET /contacts/{id}: (survivor id, its contact if it was fetched), or (None, None) if gone."""
+        current = contact_id
+        for _ in range(MAX_MERGE_HOPS + 1):
+            reply = self.http.request("GET", f"/contacts/{quote(current, safe='')}", accept=(404, 410))
+            if reply.status == 404:
+                return None, None
+            if reply.status != 410:
+                return current, reply.body if isinstance(reply.body, dict) else None
+            match = _LINK.search(reply.headers.get("Link") or "")
+            if match is None:
+                return None, None
+            current = match.group(1)
+        return None, None
+
+    def lookup_contacts(self, ids: Collection[str]) -> dict[str, dict[str, Any]]:
+        """Requested id -> raw contact (the survivor's, for merged contacts); unknown ids are absent.
+
+        Live contacts come from `POST /contacts/search` with `id IN [...]` in chunks; merged contacts are not
+        searchable (spec), so each missing id costs one `GET /contacts/{id}` to read its 410 `Link`.
+        """
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        found = self._search_ids(wanted)
+        result = {i: found[i] for i in wanted if i in found}
+        for contact_id in wanted:
+            if contact_id in result:
+                continue
+            survivor, contact = self._survivor_id(contact_id)
+            if survivor is None:
+                continue
+            if survivor not in found and contact is None:
+                found.update(self._search_ids([survivor]))
+            elif contact is not None:
+                found[survivor] = contact
+            if survivor in found:
+                result[contact_id] = found[survivor]
+        return result

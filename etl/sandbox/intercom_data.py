@@ -1,0 +1,238 @@
+"""Vocabulary and object skeletons for the generated Intercom workspace, shaped like the 2.16 schemas.
+
+`blank_*` return every field of the spec's `contact`, `conversation` and `ticket` schemas that the job or
+search reads, with Intercom's empty values; `etl.sandbox.generator` fills them in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+WORKSPACE_ID = "sandbox0"
+
+FIRST_NAMES = ["anna", "bjorn", "chloe", "dmitri", "elif", "farah", "goran", "hana", "ines", "jonas",
+               "kofi", "lena", "mateo", "noor", "oskar", "priya", "quinn", "rosa", "sven", "tomás",
+               "uma", "zoë"]  # fmt: skip
+LAST_NAMES = ["meyer", "okafor", "nguyen", "garcía", "kowalski", "rossi", "svensson", "tanaka", "dubois",
+              "oconnor", "schmidt", "haddad", "silva", "müller"]  # fmt: skip
+CITIES = [
+    ("Berlin", "Berlin", "Germany"), ("London", "England", "United Kingdom"),
+    ("Paris", "Île-de-France", "France"),
+    ("New York", "New York", "United States"), ("San Francisco", "California", "United States"),
+    ("Sydney", "New South Wales", "Australia"), ("Toronto", "Ontario", "Canada"),
+    ("Lagos", "Lagos", "Nigeria"),
+    ("São Paulo", "São Paulo", "Brazil"), ("Tokyo", "Tokyo", "Japan"), (None, None, None),
+]  # fmt: skip
+# National and international formats, valid and not (the 8 placeholders are random digits)
+PHONE_FORMATS = [
+    "+1 415-555-01{0}{1}", "(212) 555-01{2}{3}", "415.555.01{4}{5}",  # US
+    "+44 20 7946 0{0}{1}{2}", "020 7946 0{3}{4}{5}", "07700 900{0}{1}{2}",  # UK
+    "+49 30 1234{0}{1}{2}{3}", "030 1234{4}{5}{6}{7}", "0151 2345{0}{1}{2}{3}",  # DE
+    "+33 6 12 34 5{0} {1}{2}", "06 12 34 5{3} {4}{5}",  # FR
+    "+61 2 9374 4{0}{1}{2}", "+81 3-1234-5{0}{1}{2}", "+55 11 91234-5{0}{1}{2}",  # AU, JP, BR
+    "12345", "555-{0}{1}", "n/a", "+1 000 000 0000",  # invalid
+]  # fmt: skip
+SOURCE_TYPES = [
+    "conversation",
+    "email",
+    "facebook",
+    "instagram",
+    "phone_call",
+    "push",
+    "sms",
+    "twitter",
+    "whatsapp",
+]
+DELIVERED_AS = [
+    "customer_initiated",
+    "customer_initiated",
+    "admin_initiated",
+    "automated",
+    "campaigns_initiated",
+]
+REMARKS = ["", "", "Great help, thanks!", "Took too long.", "Sehr freundlich 👍", "Problem not solved"]
+TAG_NAMES = ["vip", "bug", "billing", "churn-risk", "feedback", "onboarding", "priorité", "beta"]
+ADMINS = [("Ada Support", "ada@support.example"), ("Ben Billing", "ben@support.example"),
+          ("Cleo Care", "cleo@support.example"), ("Fin Bot", "fin@support.example")]  # fmt: skip
+TEAMS = ["Support", "Billing", "Escalations"]
+STATE_LABELS = {
+    "submitted": "Submitted",
+    "in_progress": "In progress",
+    "waiting_on_customer": "Waiting on you",
+    "resolved": "Resolved",
+}
+
+
+def _ticket_type(type_id: str, name: str, category: str) -> dict[str, Any]:
+    states = [
+        {
+            "type": "ticket_state",
+            "id": f"{type_id}{i}",
+            "category": category_name,
+            "internal_label": label,
+            "external_label": label,
+        }
+        for i, (category_name, label) in enumerate(STATE_LABELS.items())
+    ]
+    return {
+        "type": "ticket_type",
+        "id": type_id,
+        "category": category,
+        "name": name,
+        "description": f"{name} tickets",
+        "icon": "🎟️",
+        "workspace_id": WORKSPACE_ID,
+        "archived": False,
+        "created_at": 1_700_000_000,
+        "updated_at": 1_700_000_000,
+        "ticket_type_attributes": {"type": "list", "ticket_type_attributes": []},
+        "ticket_states": {"type": "list", "data": states},
+    }
+
+
+TICKET_TYPES = [
+    _ticket_type("51", "Refund request", "Customer"),
+    _ticket_type("52", "Bug report", "Tracker"),
+    _ticket_type("53", "Account access", "Back-office"),
+]
+
+
+def admin_object(index: int, name: str, email: str) -> dict[str, Any]:
+    return {
+        "type": "admin",
+        "id": str(991_267_700 + index),
+        "name": name,
+        "email": email,
+        "job_title": "Support",
+        "away_mode_enabled": False,
+        "away_mode_reassign": False,
+        "has_inbox_seat": True,
+        "team_ids": [],
+        "avatar": None,
+    }
+
+
+def team_object(index: int, name: str, admins: list[dict[str, Any]]) -> dict[str, Any]:
+    admin_ids = [int(a["id"]) for a in admins[index : index + 2]]
+    return {"type": "team", "id": str(5_017_690 + index), "name": name, "admin_ids": admin_ids}
+
+
+def tag_object(index: int, name: str) -> dict[str, Any]:
+    return {"type": "tag", "id": str(8_100 + index), "name": name}
+
+
+def _list(url: str) -> dict[str, Any]:
+    return {"type": "list", "data": [], "url": url, "total_count": 0, "has_more": False}
+
+
+def blank_contact(contact_id: str, moment: int) -> dict[str, Any]:
+    contact: dict[str, Any] = {
+        "type": "contact",
+        "id": contact_id,
+        "workspace_id": WORKSPACE_ID,
+        "external_id": None,
+        "role": "user",
+        "email": "",
+        "phone": None,
+        "name": None,
+        "avatar": None,
+        "owner_id": None,
+        "has_hard_bounced": False,
+        "marked_email_as_spam": False,
+        "unsubscribed_from_emails": False,
+        "created_at": moment,
+        "updated_at": moment,
+        "signed_up_at": None,
+        "last_seen_at": None,
+        "last_replied_at": None,
+        "last_contacted_at": None,
+        "last_email_opened_at": None,
+        "last_email_clicked_at": None,
+        "language_override": None,
+        "browser": None,
+        "os": None,
+        "custom_attributes": {},
+        "location": {"type": "location", "country": None, "region": None, "city": None},
+    }
+    for name in ("tags", "notes", "companies"):
+        contact[name] = _list(f"/contacts/{contact_id}/{name}")
+    contact["opted_out_subscription_types"] = _list(f"/contacts/{contact_id}/subscriptions")
+    contact["opted_in_subscription_types"] = _list(f"/contacts/{contact_id}/subscriptions")
+    return contact
+
+
+def _contact_refs(contact_ids: list[str]) -> dict[str, Any]:
+    refs = [{"type": "contact", "id": cid, "external_id": None} for cid in contact_ids]
+    return {"type": "contact.list", "contacts": refs}
+
+
+def blank_conversation(
+    conv_id: str, moment: int, contact_ids: list[str], source_type: str, delivered_as: str
+) -> dict[str, Any]:
+    return {
+        "type": "conversation",
+        "id": conv_id,
+        "title": None,
+        "created_at": moment,
+        "updated_at": moment,
+        "waiting_since": moment,
+        "snoozed_until": None,
+        "open": True,
+        "state": "open",
+        "read": False,
+        "priority": "none",
+        "admin_assignee_id": 0,
+        "team_assignee_id": 0,
+        "tags": {"type": "tag.list", "tags": []},
+        "conversation_rating": None,
+        "source": {
+            "type": source_type,
+            "id": f"40{conv_id}",
+            "delivered_as": delivered_as,
+            "subject": "",
+            "body": "<p>Hello, I need help with my order</p>",
+            "author": {"type": "user", "id": contact_ids[0], "name": None, "email": None},
+            "attachments": [],
+            "url": None,
+            "redacted": False,
+        },
+        "contacts": _contact_refs(contact_ids),
+        "teammates": {"type": "admin.list", "teammates": []},
+        "custom_attributes": {},
+        "first_contact_reply": None,
+        "sla_applied": None,
+        "statistics": {
+            "type": "conversation_statistics",  # *_at keys appear once they happen (the schema has no nulls)
+            "count_reopens": 0,
+            "count_assignments": 0,
+            "count_conversation_parts": 1,
+        },
+        "conversation_parts": {"type": "conversation_part.list", "conversation_parts": [], "total_count": 0},
+        "linked_objects": {"type": "list", "data": [], "total_count": 0, "has_more": False},
+        "ai_agent_participated": False,
+    }
+
+
+def blank_ticket(
+    ticket_id: str, number: str, moment: int, contact_ids: list[str], ticket_type: dict[str, Any]
+) -> dict[str, Any]:
+    submitted = ticket_type["ticket_states"]["data"][0]
+    return {
+        "type": "ticket",
+        "id": ticket_id,
+        "ticket_id": number,
+        "category": ticket_type["category"],
+        "ticket_attributes": {},
+        "ticket_state": dict(submitted),
+        "ticket_type": ticket_type,
+        "contacts": _contact_refs(contact_ids),
+        "admin_assignee_id": 0,
+        "team_assignee_id": 0,
+        "created_at": moment,
+        "updated_at": moment,
+        "open": True,
+        "linked_objects": {"type": "list", "data": [], "total_count": 0, "has_more": False},
+        "ticket_parts": {"type": "ticket_part.list", "ticket_parts": [], "total_count": 0},
+        "is_shared": False,
+        "previous_ticket_state_id": None,
+    }
