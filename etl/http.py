@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
+from tenacity.wait import wait_exponential, wait_random
 
 from etl.errors import EtlError
 
@@ -163,7 +163,9 @@ class HttpClient:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Transient) and exc.wait is not None:
             return min(exc.wait, MAX_WAIT_SECONDS)
-        return float(wait_exponential_jitter(initial=0.5, max=20.0, jitter=0.5)(state))
+        # wait_exponential + wait_random, not wait_exponential_jitter: its `initial` is deprecated in
+        # tenacity 9 (a DeprecationWarning) and its replacement `multiplier` does not exist in 8.x
+        return float((wait_exponential(multiplier=0.5, max=20.0) + wait_random(0, 0.5))(state))
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.stats.retries += 1
