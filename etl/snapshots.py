@@ -12,6 +12,7 @@ pipeline can skip it (DESIGN §2, lookback). `updated_at` lives beside `data`, n
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -142,7 +143,8 @@ def tag_list(value: Any) -> list[dict[str, str]]:
 
 
 def json_object(value: Any) -> dict[str, Any]:
-    return dict(value) if isinstance(value, Mapping) else {}
+    """A private copy of a JSON object, so later changes to the raw object cannot reach the snapshot."""
+    return copy.deepcopy(dict(value)) if isinstance(value, Mapping) else {}
 
 
 def part_order(part: Mapping[str, Any]) -> tuple[int, tuple[int, int, str]]:
