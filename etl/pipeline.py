@@ -1,20 +1,507 @@
-"""One run of one job: lock → windows → pages → transaction per page → delivery → watermark (DESIGN §1, §7)."""
+"""One run of one job: lock → windows → pages → transaction per page → delivery → watermark (DESIGN §1, §7).
+
+The only module that sequences I/O. Guarantees it keeps:
+- nothing lost: a page's events/profiles and its snapshots are written in ONE transaction, the outbox is
+  marked sent only for what Klaviyo accepted, and watermarks move only after all that;
+- nothing doubled: unique_ids are deterministic and the outbox is unique per (job, kind, unique_id);
+- one run per job: a lease in `locks`, renewed while the run goes;
+- dry-run touches nothing: the store is opened read-only and nothing is sent.
+"""
 
 from __future__ import annotations
 
-from etl.config import JobSettings, Settings
-from etl.errors import NotBuiltYet
-from etl.models import RunOptions
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from etl import logs
+from etl.config import JobSettings, Settings, secrets_for
+from etl.errors import EtlError, ItemsRejected, worst_exit_code
+from etl.events import Context, diff
+from etl.intercom import IntercomClient
+from etl.klaviyo import KlaviyoClient, event_resource, profile_resource
+from etl.models import Admin, Identity, RunOptions, RunReport, Snapshot, Window
+from etl.profiles import contact_identity, to_profile
+from etl.report import Progress
+from etl.snapshots import referenced_contact_ids, to_snapshot
+from etl.state import StateStore
+
+log = logs.get_logger("pipeline")
+
+PROFILE_CHUNK = 10_000  # outbox items per delivery call: one Klaviyo import job holds 10,000 profiles
+EVENT_CHUNK = 5_000  # a multiple of 1,000 (Klaviyo bulk create limit), so chunking adds no request
+CONTACT_CACHE_LIMIT = 50_000  # contacts remembered per run for identity lookups; memory stays flat
 
 
-def run_jobs(settings: Settings, names: list[str], options: RunOptions) -> int:
-    """Run the named jobs (all when none) in order; returns the worst exit code."""
-    settings.select(names)
-    raise NotBuiltYet(
-        "`etl run` is not built yet (issue 5); `etl check`, `db`, `state`, `runs`, `outbox` work"
-    )
+@dataclass
+class Services:
+    """What one run of one job talks to; tests and the demo build these against the sandbox."""
+
+    store: StateStore | None  # None: a dry-run against a database that does not exist yet
+    intercom: IntercomClient
+    klaviyo: KlaviyoClient | None  # None in dry-run: nothing is ever sent
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+class JobRun:
+    """One run of one job. `execute()` returns the RunReport or raises an EtlError."""
+
+    def __init__(
+        self,
+        job: JobSettings,
+        options: RunOptions,
+        services: Services,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        sink: TextIO | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.job, self.options, self.clock = job, options, clock
+        self.store, self.intercom, self.klaviyo = services.store, services.intercom, services.klaviyo
+        self.sink = sink
+        self.progress = progress or Progress(enabled=False)
+        self.dry = options.dry_run
+        self.mode = "dry-run" if self.dry else "backfill" if options.backfill else "incremental"
+        self.report = RunReport(job.name, self.mode)  # type: ignore[arg-type]
+        self.started = clock()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.run_id: int | None = None
+        self.window_state: dict[str, Any] = {}
+        self.max_seen: dict[str, datetime] = {}
+        self.contacts: dict[str, Snapshot | None] = {}  # contact id → (survivor's) snapshot, this run
+        self.profiled: set[str] = set()  # contact ids whose profile was queued this run
+        self.emitted: set[tuple[str, str]] = set()  # dry-run: (kind, unique_id) already printed
+        self.rejected = 0
+        self._renewed = time.monotonic()
+
+    # -- the run --------------------------------------------------------------------------------------
+    def execute(self) -> RunReport:
+        windows = self.open_windows()
+        if not self.dry:
+            assert self.store is not None
+            self.store.acquire_lock(self.job.name, self.owner, self.job.lock_ttl, self.clock())
+        try:
+            if not self.dry:
+                assert self.store is not None
+                self.run_id = self.store.start_run(self.job.name, self.mode, self.window_state, self.started)
+            log.info("run started", extra={"fields": self._fields(windows=len(windows))})
+            for window in windows:
+                self.read_stream(window)
+            if not self.dry:
+                self.deliver()
+                if not self.options.backfill:
+                    self.advance_watermarks(windows)
+            self.finish("succeeded" if not self.rejected else "rejected", None)
+        except EtlError as exc:
+            self.finish("failed", str(exc))
+            raise
+        except BaseException as exc:
+            self.finish("failed", f"{type(exc).__name__}: {logs.scrub(str(exc))[:300]}")
+            raise
+        finally:
+            if not self.dry and self.store is not None:
+                try:
+                    self.store.release_lock(self.job.name, self.owner)
+                except EtlError:
+                    log.warning("could not release the lease; it expires by itself")
+        return self.report
+
+    def finish(self, status: str, error: str | None) -> None:
+        self.report.add("_run", "duration_ms", int((self.clock() - self.started).total_seconds() * 1000))
+        self._api_counts()
+        log.info(f"run {status}", extra={"fields": self._fields(status=status, error=error)})
+        if self.dry or self.store is None or self.run_id is None:
+            return
+        try:
+            self.store.update_run(
+                self.run_id, status=status, finished_at=self.clock(), counts=self.report.counts,
+                window=self.window_state, error=error,
+            )  # fmt: skip
+        except EtlError:
+            log.warning("could not record the end of the run", extra={"fields": {"run_id": self.run_id}})
+
+    def _api_counts(self) -> None:
+        for name, client in (("intercom", self.intercom), ("klaviyo", self.klaviyo)):
+            if client is None:
+                continue
+            stats = client.stats
+            self.report.counts.setdefault("_api", {}).update(
+                {
+                    f"{name}_calls": stats.calls,
+                    f"{name}_retries": stats.retries,
+                    f"{name}_429s": stats.throttled,
+                }
+            )
+
+    def _fields(self, **extra: Any) -> dict[str, Any]:
+        return {"job": self.job.name, "run_id": self.run_id, "mode": self.mode, **extra}
+
+    # -- windows ----------------------------------------------------------------------------------------
+    def streams(self) -> list[str]:
+        wanted = self.options.streams or self.job.streams
+        return [s for s in self.job.streams if s in wanted]
+
+    def open_windows(self) -> list[Window]:
+        """Per stream: [watermark - lookback, signpost), or start_date on the first run; or the backfill window."""
+        signpost = self.started
+        marks = self.store.watermarks(self.job.name) if self.store is not None else {}
+        resume = self._backfill_progress()
+        windows = []
+        for stream in self.streams():
+            if self.options.since is not None:
+                since, until = self.options.since, min(self.options.until or signpost, signpost)
+                done = resume.get(stream, {})
+                if done.get("done"):
+                    self.window_state[stream] = dict(done)
+                    continue
+                if done.get("resume_until"):
+                    until = min(until, datetime.fromisoformat(done["resume_until"]))
+            else:
+                mark = marks.get(stream)
+                since = max(mark - self.job.lookback, self.job.start_date) if mark else self.job.start_date
+                until = signpost
+            self.window_state[stream] = {"since": _iso(since), "until": _iso(until), "done": False}
+            if since < until:
+                windows.append(Window(stream, since, until))
+            else:
+                self.window_state[stream]["done"] = True
+        if self.options.since is not None:
+            self.window_state["_backfill"] = self._backfill_key()
+        return windows
+
+    def _backfill_key(self) -> str:
+        until = self.options.until
+        return f"{_iso(self.options.since)}/{_iso(until) if until else 'open'}/{','.join(self.streams())}"
+
+    def _backfill_progress(self) -> dict[str, Any]:
+        """The progress of an unfinished backfill of the same window, to continue where it stopped."""
+        if self.options.since is None or self.options.until is None or self.store is None:
+            return {}
+        for row in self.store.runs(self.job.name, 20):
+            window = row.window if isinstance(row.window, dict) else {}
+            if row.mode != "backfill" or window.get("_backfill") != self._backfill_key():
+                continue
+            if row.status in ("succeeded", "rejected"):
+                return {}
+            log.info("resuming an unfinished backfill", extra={"fields": self._fields(previous_run=row.id)})
+            return {k: v for k, v in window.items() if isinstance(v, dict)}
+        return {}
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def read_stream(self, window: Window) -> None:
+        stream = window.stream
+        calls_before = self.intercom.stats.calls
+        self.progress.start(stream)
+        for page in self.intercom.pages(window):
+            self.renew_lease()
+            self.report.add(stream, "pages")
+            self.progress.advance(stream, len(page.objects), page.total_count)
+            if page.objects:
+                self.process_page(window, page.objects)
+        self.window_state[stream]["done"] = True
+        self.window_state[stream].pop("resume_until", None)
+        self.report.counts.setdefault(stream, {})["api_calls"] = self.intercom.stats.calls - calls_before
+        self.progress.finish(stream)
+        if self.options.backfill and self.store is not None and self.run_id is not None:
+            self.store.update_run(self.run_id, window=self.window_state)
+        log.info(
+            "stream read", extra={"fields": self._fields(stream=stream, **self.report.counts.get(stream, {}))}
+        )
+
+    def process_page(self, window: Window, objects: Iterable[Mapping[str, Any]]) -> None:
+        stream = window.stream
+        current = [to_snapshot(stream, raw) for raw in objects]
+        self.report.add(stream, "objects", len(current))
+        for snap in current:
+            if snap.updated_at > self.max_seen.get(stream, snap.updated_at - timedelta(1)):
+                self.max_seen[stream] = snap.updated_at
+        store, now = self.store, self.clock()
+        transaction = store.transaction() if store is not None and not self.dry else nullcontext(None)
+        with transaction as conn:
+            reader = conn if conn is not None else None
+            previous = self._load(reader, stream, [s.object_id for s in current])
+            changed = [
+                (previous.get(s.object_id), s)
+                for s in current
+                if self.options.replay
+                or s.object_id not in previous
+                or previous[s.object_id].digest != s.digest
+            ]
+            self.report.add(stream, "unchanged", len(current) - len(changed))
+            items = self.infer(stream, changed, reader) if changed else []
+            if self.dry:
+                self.emit(items)
+            else:
+                assert store is not None and conn is not None
+                # a replay re-queues what was sent before; Klaviyo's dedupe keeps the resend harmless
+                queued = store.enqueue(
+                    conn, self.job.name, items, self.run_id, now, requeue=self.options.replay
+                )
+                for kind, n in queued.items():
+                    self.report.add(stream, f"queued:{kind}s", n)
+                store.save_snapshots(conn, self.job.name, [s for _, s in changed])
+                if self.options.backfill and self.run_id is not None:
+                    lowest = min(s.updated_at for s in current)
+                    # descending pages: all of [lowest + 1 s, until) is done; the same second may continue
+                    self.window_state[stream]["resume_until"] = _iso(lowest + timedelta(seconds=1))
+                    store.update_run_window(conn, self.run_id, self.window_state)
+
+    def _load(self, conn: Any, stream: str, ids: list[str]) -> dict[str, Snapshot]:
+        if self.store is None:
+            return {}
+        if conn is None:
+            with self.store.transaction() as reader:
+                return self.store.load_snapshots(reader, self.job.name, stream, ids)
+        return self.store.load_snapshots(conn, self.job.name, stream, ids)
+
+    def infer(
+        self, stream: str, changed: list[tuple[Snapshot | None, Snapshot]], conn: Any
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        items: list[tuple[str, str, dict[str, Any]]] = []
+        if stream == "contacts":
+            for _, snap in changed:
+                self._remember_contact(snap.object_id, snap)
+                self._queue_profile(snap, items, stream, force=True)
+            return items
+        ctx = self.context([s for _, s in changed], conn)
+        for prev, snap in changed:
+            inference = diff(None if self.options.replay else prev, snap, ctx)
+            for key, n in inference.counts.items():
+                self.report.add(stream, key, n)
+            for event in inference.events:
+                items.append(("event", event.unique_id, event_resource(event)))
+                self.report.add(stream, "events")
+                self.report.add(stream, f"events:{event.metric}")
+                contact_id = event.identity.contact_id
+                contact = self.contacts.get(contact_id) if contact_id else None
+                if contact is not None:
+                    self._queue_profile(contact, items, stream)
+        return items
+
+    def _queue_profile(
+        self,
+        contact: Snapshot,
+        items: list[tuple[str, str, dict[str, Any]]],
+        stream: str,
+        force: bool = False,
+    ) -> None:
+        """Queue a contact's profile once per run (an unchanged one is deduplicated by the outbox)."""
+        if contact.object_id in self.profiled and not force:
+            return
+        self.profiled.add(contact.object_id)
+        profile, counts = to_profile(
+            contact, self.intercom.tags(), self.job.default_phone_region, self.job.property_names
+        )
+        for key, n in counts.items():
+            self.report.add(stream, key, n)
+        if profile is not None:
+            items.append(("profile", profile.unique_id, profile_resource(profile)))
+            self.report.add(stream, "profiles")
+
+    def _remember_contact(self, contact_id: str, snap: Snapshot | None) -> None:
+        if len(self.contacts) >= CONTACT_CACHE_LIMIT:
+            self.contacts.clear()  # a huge run forgets and looks up again rather than growing
+        self.contacts[contact_id] = snap
+
+    def context(self, snaps: list[Snapshot], conn: Any) -> Context:
+        """The per-page Context: admins/teams/tags (once per run) and the identities of referenced contacts."""
+        wanted = list(dict.fromkeys(cid for s in snaps for cid in referenced_contact_ids(s)))
+        missing = [cid for cid in wanted if cid not in self.contacts]
+        if missing:
+            stored = self._load(conn, "contacts", missing)
+            for cid, found_snap in stored.items():
+                self._remember_contact(cid, found_snap)
+            unknown = [cid for cid in missing if cid not in stored]
+            if unknown:
+                found = self.intercom.lookup_contacts(unknown)
+                for cid in unknown:
+                    raw = found.get(cid)
+                    self._remember_contact(cid, to_snapshot("contacts", raw) if raw is not None else None)
+        identities: dict[str, Identity] = {}
+        for cid in wanted:
+            contact = self.contacts.get(cid)
+            if contact is None:
+                continue
+            identity, _ = contact_identity(contact, self.job.default_phone_region)
+            if identity is not None:
+                identities[cid] = identity
+        return Context(
+            start_date=self.job.start_date,
+            flow_trigger_max_age=self.job.flow_trigger_max_age,
+            run_started_at=self.started,
+            backfill_run=self.options.backfill,
+            admins={
+                k: Admin(name=v.get("name"), email=v.get("email")) for k, v in self.intercom.admins().items()
+            },
+            teams=self.intercom.teams(),
+            tags=self.intercom.tags(),
+            contacts=identities,
+            metric_names=self.job.metric_names,
+            property_names=self.job.property_names,
+        )
+
+    def emit(self, items: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Dry-run: one NDJSON line per item that would be queued (and is not in the outbox already)."""
+        assert self.sink is not None
+        fresh = [(k, u, p) for k, u, p in items if (k, u) not in self.emitted]
+        if self.store is not None and fresh and not self.options.replay:
+            known = self.store.known_unique_ids(self.job.name, [(k, u) for k, u, _ in fresh])
+            fresh = [(k, u, p) for k, u, p in fresh if (k, u) not in known]
+        for kind, unique_id, payload in fresh:
+            self.emitted.add((kind, unique_id))
+            line = {"kind": kind, "job": self.job.name, "unique_id": unique_id, "payload": payload}
+            self.sink.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+
+    # -- delivery and watermarks ------------------------------------------------------------------------
+    def deliver(self) -> None:
+        """Send the job's pending outbox in bounded chunks: profiles first, then events."""
+        assert self.store is not None and self.klaviyo is not None
+        for kind, chunk, send in (
+            ("profile", PROFILE_CHUNK, self.klaviyo.send_profiles),
+            ("event", EVENT_CHUNK, self.klaviyo.send_events),
+        ):
+            after = 0
+            while items := self.store.pending(self.job.name, kind, limit=chunk, after_id=after):
+                self.renew_lease()
+                result = send(items)
+                self.store.mark_delivered(result.sent, result.failed, self.clock())
+                self.report.add("_delivery", f"{kind}s_sent", len(result.sent))
+                if result.failed:
+                    self.report.add("_delivery", f"{kind}s_failed", len(result.failed))
+                    self.rejected += len(result.failed)
+                    log.warning(
+                        "Klaviyo rejected items",
+                        extra={"fields": self._fields(kind=kind, rejected=len(result.failed))},
+                    )
+                after = items[-1].id
+
+    def advance_watermarks(self, windows: list[Window]) -> None:
+        """min(max updated_at seen, signpost) per stream read; never backwards."""
+        assert self.store is not None
+        for window in windows:
+            seen = self.max_seen.get(window.stream)
+            if seen is not None:
+                self.store.set_watermark(self.job.name, window.stream, min(seen, self.started), self.clock())
+
+    def renew_lease(self) -> None:
+        """Renew the lease every third of its TTL, so a live run is never taken over."""
+        if self.dry or self.store is None:
+            return
+        if time.monotonic() - self._renewed >= self.job.lock_ttl.total_seconds() / 3:
+            self.store.renew_lock(self.job.name, self.owner, self.job.lock_ttl, self.clock())
+            self._renewed = time.monotonic()
+
+
+# -- several jobs, from the command line ------------------------------------------------------------------
+def open_store(url: str, *, dry_run: bool) -> StateStore | None:
+    """The state store; in dry-run read-only, and None when the database does not exist or is empty."""
+    store = StateStore(url, read_only=dry_run)
+    if not dry_run:
+        store.ensure_schema()
+        return store
+    if not store.exists() or store.current_revision() is None:
+        store.close()
+        return None
+    store.check_schema()
+    return store
+
+
+def build_services(job: JobSettings, store: StateStore | None, dry_run: bool,
+                   environ: Mapping[str, str] | None = None) -> Services:  # fmt: skip
+    secrets = secrets_for(job, environ, klaviyo=not dry_run)
+    logs.register_secret(secrets.intercom_token)
+    logs.register_secret(secrets.klaviyo_api_key)
+    intercom = IntercomClient(
+        job.intercom.base_url, secrets.intercom_token, token_env=job.intercom.token_env,
+        version=job.intercom.version, per_page=job.intercom.per_page,
+    )  # fmt: skip
+    klaviyo = None
+    if not dry_run:
+        klaviyo = KlaviyoClient(
+            job.klaviyo.base_url, secrets.klaviyo_api_key, api_key_env=job.klaviyo.api_key_env,
+            revision=job.klaviyo.revision,
+        )  # fmt: skip
+    return Services(store, intercom, klaviyo)
+
+
+def run_jobs(
+    settings: Settings, names: list[str], options: RunOptions, *, stderr: TextIO | None = None
+) -> int:
+    """Run the named jobs (all when none) in order; one job's failure does not stop the others.
+
+    Returns the worst exit code. Each failure is printed as one line `etl: error: job X: …`.
+    """
+    import sys
+
+    from etl.report import summary_table, write_metrics
+
+    stderr = stderr or sys.stderr
+    jobs = settings.select(names)
+    store = open_store(settings.database_url, dry_run=options.dry_run)
+    sink_cm: Any = nullcontext(sys.stdout)
+    if options.dry_run and options.output:
+        sink_cm = open(options.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    codes: list[int] = []
+    reports: list[tuple[RunReport, str]] = []
+    try:
+        with sink_cm as sink:
+            for job in jobs:
+                services: Services | None = None
+                try:
+                    services = build_services(job, store, options.dry_run)
+                    progress = Progress(enabled=stderr.isatty(), stream=stderr)
+                    job_run = JobRun(job, options, services, sink=sink, progress=progress)
+                    report = job_run.execute()
+                    reports.append((report, "succeeded"))
+                    codes.append(0)
+                    if job_run.rejected:
+                        rejected = ItemsRejected(
+                            f"Klaviyo rejected {job_run.rejected} item(s); "
+                            f"see `etl outbox {job.name} --status failed`"
+                        )
+                        stderr.write(f"etl: error: job {job.name}: {rejected}\n")
+                        codes[-1] = rejected.exit_code
+                except EtlError as exc:
+                    stderr.write(f"etl: error: job {job.name}: {logs.scrub(str(exc))}\n")
+                    codes.append(exc.exit_code)
+                    reports.append((RunReport(job.name, "incremental"), "failed"))
+                finally:
+                    if services is not None:
+                        services.intercom.close()
+                        if services.klaviyo is not None:
+                            services.klaviyo.close()
+                if reports[-1][1] == "succeeded":
+                    stderr.write(summary_table(reports[-1][0]) + "\n")
+    finally:
+        if store is not None:
+            if options.metrics_file and not options.dry_run:
+                write_metrics(options.metrics_file, [r for r, _ in reports], store)
+            store.close()
+    return worst_exit_code(codes)
 
 
 def check_online(job: JobSettings) -> None:
-    """Test both credentials against the APIs."""
-    raise NotBuiltYet("`etl check --online` is not built yet (issue 5)")
+    """Test both credentials against the APIs (one cheap read each)."""
+    services = build_services(job, None, dry_run=False)
+    try:
+        services.intercom.admins()
+        assert services.klaviyo is not None
+        services.klaviyo.check()
+    finally:
+        services.intercom.close()
+        if services.klaviyo is not None:
+            services.klaviyo.close()

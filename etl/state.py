@@ -146,20 +146,23 @@ def _describe(exc: BaseException) -> str:
 class StateStore:
     """Watermarks, snapshots, outbox, runs and locks of every job in one database."""
 
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+    def __init__(self, url: str, *, engine: Engine | None = None, read_only: bool = False) -> None:
         self.url = url
+        self.read_only = read_only
         try:
             if engine is None:
-                connect_args: dict[str, Any] = {}
-                if url.startswith("sqlite"):
-                    connect_args["timeout"] = 30  # wait for a writer instead of failing at once
-                engine = sa.create_engine(url, connect_args=connect_args, future=True)
+                engine = _engine(url, read_only)
         except (sa.exc.ArgumentError, ImportError, sa.exc.NoSuchModuleError) as exc:
             raise StateError(f"cannot use database {redact_url(url)}: {_describe(exc)}") from None
         self.engine = engine
         self.dialect = engine.dialect.name
-        if self.dialect == "sqlite":
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
+
+    def exists(self) -> bool:
+        """False for an SQLite file that is not there yet (a dry-run must not create it)."""
+        if self.dialect != "sqlite":
+            return True
+        database = sa.make_url(self.url).database
+        return not database or database == ":memory:" or Path(database).exists()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -213,6 +216,15 @@ class StateStore:
             raise StateError(f"migrating {redact_url(self.url)} failed: {_describe(exc)}") from None
         return before, self.current_revision()
 
+    def check_schema(self) -> None:
+        """StateError unless the schema is at head (read-only callers cannot upgrade)."""
+        current, head = self.current_revision(), self.head_revision()
+        if current != head:
+            raise StateError(
+                f"state database {redact_url(self.url)} is at revision {current or 'none (empty)'}, "
+                f"this etl needs {head}: run `etl db upgrade`"
+            )
+
     def ensure_schema(self, *, auto_upgrade: bool | None = None) -> None:
         """Make sure the schema is at head: upgrade SQLite silently, else ask the operator to migrate."""
         current, head = self.current_revision(), self.head_revision()
@@ -223,10 +235,7 @@ class StateStore:
         if auto_upgrade:
             self.upgrade()
             return
-        raise StateError(
-            f"state database {redact_url(self.url)} is at revision {current or 'none (empty)'}, "
-            f"this etl needs {head}: run `etl db upgrade`"
-        )
+        self.check_schema()
 
     # -- watermarks -------------------------------------------------------------------------------
     def watermarks(self, job: str) -> dict[str, datetime]:
@@ -310,25 +319,59 @@ class StateStore:
         items: Sequence[tuple[str, str, Mapping[str, Any]]],
         run_id: int | None,
         now: datetime,
-    ) -> int:
-        """Queue (kind, unique_id, payload) items; an item already in the outbox is left as it is.
+        *,
+        requeue: bool = False,
+    ) -> dict[str, int]:
+        """Queue (kind, unique_id, payload) items; an item already in the outbox is left as it is, or with
+        `requeue` (replays) set pending again with the new payload.
 
-        Returns how many rows were new.
-        """  # fmt: skip
+        Returns how many rows were new (or re-queued) per kind.
+        """
         if not items:
-            return 0
+            return {}
+        unique = {
+            (kind, uid): payload for kind, uid, payload in items
+        }  # one statement may not hit a row twice
         rows = [
             {"job": job, "kind": kind, "unique_id": uid, "payload": dict(payload), "status": "pending",
              "attempts": 0, "created_at": now, "run_id": run_id}
-            for kind, uid, payload in items
+            for (kind, uid), payload in unique.items()
         ]  # fmt: skip
-        stmt = (
-            self._insert(outbox)
-            .on_conflict_do_nothing(index_elements=["job", "kind", "unique_id"])
-            .returning(outbox.c.id)
-        )
+        insert = self._insert(outbox)
+        keys = ["job", "kind", "unique_id"]
+        if requeue:
+            stmt = insert.on_conflict_do_update(
+                index_elements=keys,
+                set_={
+                    "payload": insert.excluded.payload,
+                    "status": "pending",
+                    "run_id": insert.excluded.run_id,
+                },
+            ).returning(outbox.c.kind)
+        else:
+            stmt = insert.on_conflict_do_nothing(index_elements=keys).returning(outbox.c.kind)
         # RETURNING yields only the rows really inserted (rowcount is unreliable for executemany)
-        return len(conn.execute(stmt, rows).all())
+        inserted: dict[str, int] = {}
+        for (kind,) in conn.execute(stmt, rows):
+            inserted[kind] = inserted.get(kind, 0) + 1
+        return inserted
+
+    def known_unique_ids(self, job: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (kind, unique_id) are in the outbox already, in whatever status."""
+        found: set[tuple[str, str]] = set()
+        with self.transaction() as conn:
+            for kind in {k for k, _ in keys}:
+                ids = [u for k, u in keys if k == kind]
+                for start in range(0, len(ids), 500):
+                    rows = conn.execute(
+                        sa.select(outbox.c.unique_id).where(
+                            outbox.c.job == job,
+                            outbox.c.kind == kind,
+                            outbox.c.unique_id.in_(ids[start : start + 500]),
+                        )
+                    )
+                    found.update((kind, r.unique_id) for r in rows)
+        return found
 
     def pending(self, job: str, kind: str, *, limit: int, after_id: int = 0) -> list[OutboxItem]:
         """The next pending items of one kind, in queue order, at most `limit`."""
@@ -403,6 +446,10 @@ class StateStore:
         with self.transaction() as conn:
             conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
 
+    def update_run_window(self, conn: Connection, run_id: int, window: Any) -> None:
+        """Record a run's window progress inside the caller's (page) transaction."""
+        conn.execute(sa.update(runs).where(runs.c.id == run_id).values(window=window))
+
     def runs(self, job: str | None, limit: int) -> list[RunRow]:
         query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
         if job:
@@ -472,6 +519,22 @@ class StateStore:
         with self.transaction() as conn:
             row = conn.execute(sa.select(locks.c.owner, locks.c.expires_at).where(locks.c.job == job)).first()
         return (row.owner, row.expires_at) if row else None
+
+
+def _engine(url: str, read_only: bool) -> Engine:
+    if url.startswith("sqlite"):
+        database = sa.make_url(url).database
+        if read_only and database and database != ":memory:":
+            import sqlite3
+
+            uri = f"file:{Path(database).resolve()}?mode=ro"
+            return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=30))
+        engine = sa.create_engine(url, connect_args={"timeout": 30})  # wait for a writer, don't fail at once
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if read_only:
+        return sa.create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
+    return sa.create_engine(url)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

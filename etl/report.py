@@ -1,0 +1,130 @@
+"""What a run shows and leaves behind: progress (bars on a TTY, JSON log lines off it), the summary table,
+and the Prometheus textfile for node_exporter."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from etl import logs
+from etl.models import STREAMS, RunReport
+
+log = logs.get_logger("progress")
+LOG_EVERY_SECONDS = 10.0  # off a TTY: one progress line per stream at most this often
+
+
+class Progress:
+    """Per-stream progress: rich bars on a TTY (total from Intercom's total_count), periodic log lines otherwise."""
+
+    def __init__(self, *, enabled: bool, stream: TextIO | None = None, clock: Any = time.monotonic) -> None:
+        self.enabled = enabled
+        self.clock = clock
+        self.counts: dict[str, int] = {}
+        self.last_log: dict[str, float] = {}
+        self._bars: Any = None
+        self._tasks: dict[str, Any] = {}
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as Bars
+
+            self._bars = Bars(
+                TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=Console(file=stream or sys.stderr), transient=False,
+            )  # fmt: skip
+            self._bars.start()
+
+    def start(self, stream: str) -> None:
+        self.counts[stream] = 0
+        self.last_log[stream] = self.clock()
+        if self._bars is not None:
+            self._tasks[stream] = self._bars.add_task(stream, total=None)
+
+    def advance(self, stream: str, objects: int, total: int | None) -> None:
+        self.counts[stream] = self.counts.get(stream, 0) + objects
+        if self._bars is not None:
+            self._bars.update(self._tasks[stream], advance=objects, total=total)
+        elif self.clock() - self.last_log.get(stream, 0.0) >= LOG_EVERY_SECONDS:
+            self.last_log[stream] = self.clock()
+            log.info(
+                "progress",
+                extra={"fields": {"stream": stream, "objects": self.counts[stream], "total": total}},
+            )
+
+    def finish(self, stream: str) -> None:
+        if self._bars is not None:
+            task = self._tasks[stream]
+            self._bars.update(task, total=self.counts.get(stream, 0), completed=self.counts.get(stream, 0))
+
+    def close(self) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+
+
+SUMMARY_COLUMNS = (
+    "pages",
+    "objects",
+    "unchanged",
+    "events",
+    "profiles",
+    "skipped:no_identifier",
+    "api_calls",
+)
+
+
+def summary_table(report: RunReport) -> str:
+    """A plain-text table of one run's per-stream counts, plus delivery and API totals."""
+    header = [
+        "stream",
+        *[c.split(":")[-1] if c.startswith("skipped") else c.replace(":", " ") for c in SUMMARY_COLUMNS],
+    ]
+    rows = [
+        [s, *[str(report.counts[s].get(c, 0)) for c in SUMMARY_COLUMNS]]
+        for s in STREAMS
+        if s in report.counts
+    ]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = [f"job {report.job} ({report.mode})"]
+    lines += ["  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
+              for r in [header, *rows]]  # fmt: skip
+    extras = {**report.counts.get("_delivery", {}), **report.counts.get("_api", {})}
+    if extras:
+        lines.append("  " + ", ".join(f"{k}={v}" for k, v in extras.items()))
+    return "\n".join(lines)
+
+
+def write_metrics(path: str, reports: Sequence[RunReport], store: Any) -> None:
+    """Prometheus text format for node_exporter's textfile collector, written atomically."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    last_success = Gauge("etl_last_success_timestamp_seconds", "End of the job's last successful run",
+                         ["job"], registry=registry)  # fmt: skip
+    duration = Gauge(
+        "etl_run_duration_seconds", "Duration of the job's latest run", ["job"], registry=registry
+    )
+    objects = Gauge("etl_objects", "Objects read by the latest run", ["job", "stream"], registry=registry)
+    events = Gauge("etl_events", "Events queued by the latest run", ["job", "metric"], registry=registry)
+    failed = Gauge("etl_run_failed", "1 when the job's latest run failed", ["job"], registry=registry)
+    rejected = Gauge(
+        "etl_items_rejected", "Items Klaviyo rejected in the latest run", ["job"], registry=registry
+    )
+    for report in reports:
+        latest = store.runs(report.job, 1)
+        ok = store.last_run(report.job, "incremental", "succeeded")
+        if ok is not None and ok.finished_at is not None:
+            last_success.labels(report.job).set(ok.finished_at.timestamp())
+        failed.labels(report.job).set(1 if latest and latest[0].status == "failed" else 0)
+        duration.labels(report.job).set(report.counts.get("_run", {}).get("duration_ms", 0) / 1000)
+        delivery = report.counts.get("_delivery", {})
+        rejected.labels(report.job).set(delivery.get("profiles_failed", 0) + delivery.get("events_failed", 0))
+        for stream in STREAMS:
+            counts = report.counts.get(stream, {})
+            if counts:
+                objects.labels(report.job, stream).set(counts.get("objects", 0))
+            for key, n in counts.items():
+                if key.startswith("events:"):
+                    events.labels(report.job, key.split(":", 1)[1]).inc(n)
+    write_to_textfile(path, registry)
