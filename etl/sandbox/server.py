@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 
 @dataclass
@@ -166,7 +166,7 @@ class SandboxServer(ThreadingHTTPServer):
         with self._requests_lock:
             self.requests.append((method, path))
 
-    def start(self) -> SandboxServer:
+    def start(self) -> Self:
         self._thread = threading.Thread(target=self.serve_forever, name=type(self).__name__, daemon=True)
         self._thread.start()
         return self
@@ -177,7 +177,7 @@ class SandboxServer(ThreadingHTTPServer):
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> SandboxServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
