@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import jsonschema
 
 from etl.intercom import IntercomClient
 from etl.models import Window
@@ -92,5 +95,8 @@ def expected_ids(ws: Workspace, stream: str, since: datetime, until: datetime) -
     return {o["id"] for o in ws.objects(stream) if since <= at(o["updated_at"]) < until}
 
 
-def contract(name: str) -> dict[str, Any]:
-    return json.loads((CONTRACTS / f"intercom_{name}.json").read_text())
+@functools.cache
+def contract(name: str) -> jsonschema.protocols.Validator:
+    """A validator for the schema fragment tests/contracts/intercom_{name}.json (built once)."""
+    schema = json.loads((CONTRACTS / f"intercom_{name}.json").read_text())
+    return jsonschema.Draft202012Validator(schema)

@@ -41,6 +41,8 @@ from etl.sandbox.intercom_data import (
     blank_contact,
     blank_conversation,
     blank_ticket,
+    comment_part,
+    state_part,
     tag_object,
     team_object,
 )
@@ -381,27 +383,7 @@ class Workspace:
         state = self.rng.choice(choices)
         admin = self.rng.choice(self.admins)
         part_id = self._next_id()
-        self._add_part(
-            ticket,
-            {
-                "type": "ticket_part",
-                "id": part_id,
-                "part_type": "ticket_state_updated_by_admin",
-                "body": None,
-                "previous_ticket_state": previous["category"],
-                "ticket_state": state["category"],
-                "created_at": moment,
-                "updated_at": moment,
-                "author": {
-                    "type": "admin",
-                    "id": admin["id"],
-                    "name": admin["name"],
-                    "email": admin["email"],
-                },
-                "attachments": [],
-                "redacted": False,
-            },
-        )
+        self._add_part(ticket, state_part(part_id, moment, previous["category"], state["category"], admin))
         ticket["ticket_state"] = dict(state)
         ticket["previous_ticket_state_id"] = previous["id"]
         ticket["open"] = state["category"] != "resolved"
@@ -421,25 +403,8 @@ class Workspace:
         contact_id = self._ticket_contacts(ticket)[0]
         contact = self.contacts.get(contact_id, {})
         part_id = self._next_id()
-        self._add_part(
-            ticket,
-            {
-                "type": "ticket_part",
-                "id": part_id,
-                "part_type": "comment",
-                "body": f"<p>{self.rng.choice(REMARKS) or 'Any news?'}</p>",
-                "created_at": moment,
-                "updated_at": moment,
-                "author": {
-                    "type": "user",
-                    "id": contact_id,
-                    "name": contact.get("name"),
-                    "email": contact.get("email") or "",
-                },
-                "attachments": [],
-                "redacted": False,
-            },
-        )
+        body = f"<p>{self.rng.choice(REMARKS) or 'Any news?'}</p>"
+        self._add_part(ticket, comment_part(part_id, moment, body, contact_id, contact))
         self._touch(ticket, moment)
         self._log(
             "ticket.contact_replied", ticket["id"], moment, {"part_id": part_id, "contact_ids": [contact_id]}

@@ -236,3 +236,44 @@ def blank_ticket(
         "is_shared": False,
         "previous_ticket_state_id": None,
     }
+
+
+def state_part(part_id: str, moment: int, previous: str, state: str, admin: dict[str, Any]) -> dict[str, Any]:
+    """A ticket part recording an admin's state change."""
+    author = {"type": "admin", "id": admin["id"], "name": admin["name"], "email": admin["email"]}
+    return {
+        "type": "ticket_part",
+        "id": part_id,
+        "part_type": "ticket_state_updated_by_admin",
+        "body": None,
+        "previous_ticket_state": previous,
+        "ticket_state": state,
+        "created_at": moment,
+        "updated_at": moment,
+        "author": author,
+        "attachments": [],
+        "redacted": False,
+    }
+
+
+def comment_part(
+    part_id: str, moment: int, body: str, contact_id: str, contact: dict[str, Any]
+) -> dict[str, Any]:
+    """A ticket part holding a reply by the ticket's contact."""
+    author = {
+        "type": "user",
+        "id": contact_id,
+        "name": contact.get("name"),
+        "email": contact.get("email") or "",
+    }
+    return {
+        "type": "ticket_part",
+        "id": part_id,
+        "part_type": "comment",
+        "body": body,
+        "created_at": moment,
+        "updated_at": moment,
+        "author": author,
+        "attachments": [],
+        "redacted": False,
+    }
