@@ -54,19 +54,32 @@ def _openapi_to_json_schema(node: Any) -> Any:
     return {"anyOf": [converted, {"type": "null"}]}
 
 
+def _inline(node: Any, schemas: dict[str, Any]) -> Any:
+    """Every `$ref` replaced by its target (the fragments have no cycles): validation runs several times faster."""
+    if isinstance(node, list):
+        return [_inline(item, schemas) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        siblings = {k: v for k, v in node.items() if k != "$ref"}  # only `nullable` in these fragments
+        return {**_inline(schemas[node["$ref"].rsplit("/", 1)[-1]], schemas), **siblings}
+    return {k: _inline(v, schemas) for k, v in node.items()}
+
+
 @cache
 def validator(contract: str, schema: str) -> Draft202012Validator:
     """A validator of one schema of `tests/contracts/klaviyo_{contract}.json`."""
     document = json.loads((CONTRACTS / f"klaviyo_{contract}.json").read_text())
-    root = {"$ref": f"#/components/schemas/{schema}", **_openapi_to_json_schema(document)}
-    root.pop("$comment", None)
-    return Draft202012Validator(root)
+    schemas = document["components"]["schemas"]
+    return Draft202012Validator(_openapi_to_json_schema(_inline(schemas[schema], schemas)))
 
 
 def schema_errors(contract: str, schema: str, instance: Any) -> list[str]:
     """Every way `instance` breaks the named spec schema, as readable lines (empty when valid)."""
-    found = validator(contract, schema).iter_errors(instance)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in found]
+    checker = validator(contract, schema)
+    if checker.is_valid(instance):  # the fast path; the big-volume test validates 37,000 resources
+        return []
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in checker.iter_errors(instance)]
 
 
 def event_item(

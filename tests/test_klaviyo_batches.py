@@ -84,6 +84,16 @@ def test_batch_bodies_are_valid_against_the_spec() -> None:
     assert schema_errors("requests", "ProfileImportJobCreateQuery", json.loads(profile_batches[0].body)) == []
 
 
+def test_the_contract_check_catches_a_wrong_body() -> None:
+    """The spec fragment rejects a wrong type name and an event without its metric."""
+    body = json.loads(cut_event_batches([event_item(1)])[0][0].body)
+    body["data"]["type"] = "event-bulk-create"
+    del body["data"]["attributes"]["events-bulk-create"]["data"][0]["attributes"]["events"]["data"][0][
+        "attributes"
+    ]["metric"]
+    assert len(schema_errors("requests", "EventsBulkCreateJob", body)) == 2
+
+
 def test_events_of_one_profile_share_one_resource() -> None:
     """Events of the same profile are merged into one event-bulk-create resource, in order."""
     items = [event_item(1, email="a@x.io"), event_item(2, email="b@x.io"), event_item(3, email="a@x.io")]

@@ -134,10 +134,11 @@ class KlaviyoHandler(SandboxHandler):
         self._reply(429, body, {"Retry-After": wait, "RateLimit-Remaining": "0", "RateLimit-Reset": wait})
 
     def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        self.send_json(status, body, headers)
+        # recorded before replying, so a test that has its answer also sees the record
         self.server.record_received(
             Received(self.command, self.path, status, dict(self.headers), self._raw_body, dict(headers or {}))
         )
+        self.send_json(status, body, headers)
 
     def _fail(self, status: int, *errors: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self._reply(status, {"errors": list(errors)}, headers)
