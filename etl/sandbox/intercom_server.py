@@ -175,14 +175,6 @@ class IntercomServer(SandboxServer):
         self._window = -1
         self._spent = 0
 
-    def start(self) -> IntercomServer:
-        # a short poll interval: stop() returns within 50 ms instead of serve_forever's default 0.5 s
-        self._thread = threading.Thread(
-            target=self.serve_forever, args=(0.05,), name="IntercomSandbox", daemon=True
-        )
-        self._thread.start()
-        return self
-
     # -- rate limit -------------------------------------------------------------------------------
     def _roll(self) -> int:
         window = int(self.clock()) // RATE_WINDOW_SECONDS

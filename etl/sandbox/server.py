@@ -149,6 +149,7 @@ class SandboxServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    poll_interval = 0.05  # seconds serve_forever waits between shutdown checks: stop() returns this fast
 
     def __init__(self, handler: type[SandboxHandler], host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__((host, port), handler)
@@ -167,7 +168,9 @@ class SandboxServer(ThreadingHTTPServer):
             self.requests.append((method, path))
 
     def start(self) -> Self:
-        self._thread = threading.Thread(target=self.serve_forever, name=type(self).__name__, daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, args=(self.poll_interval,), name=type(self).__name__, daemon=True
+        )
         self._thread.start()
         return self
 
