@@ -37,7 +37,7 @@ log = logs.get_logger("pipeline")
 
 PROFILE_CHUNK = 10_000  # outbox items per delivery call: one Klaviyo import job holds 10,000 profiles
 EVENT_CHUNK = 5_000  # a multiple of 1,000 (Klaviyo bulk create limit), so chunking adds no request
-CONTACT_CACHE_LIMIT = 50_000  # contacts remembered per run for identity lookups; memory stays flat
+CONTACT_CACHE_LIMIT = 5_000  # contacts remembered per run for identity lookups; memory stays flat
 
 
 @dataclass
@@ -83,6 +83,7 @@ class JobRun:
         self.window_state: dict[str, Any] = {}
         self.max_seen: dict[str, datetime] = {}
         self.contacts: dict[str, Snapshot | None] = {}  # contact id → (survivor's) snapshot, this run
+        self.identities: dict[str, Identity | None] = {}  # contact id → identity (phone parsing is costly)
         self.profiled: set[str] = set()  # contact ids whose profile was queued this run
         self.emitted: set[tuple[str, str]] = set()  # dry-run: (kind, unique_id) already printed
         self.rejected = 0
@@ -315,7 +316,9 @@ class JobRun:
     def _remember_contact(self, contact_id: str, snap: Snapshot | None) -> None:
         if len(self.contacts) >= CONTACT_CACHE_LIMIT:
             self.contacts.clear()  # a huge run forgets and looks up again rather than growing
+            self.identities.clear()
         self.contacts[contact_id] = snap
+        self.identities.pop(contact_id, None)
 
     def context(self, snaps: list[Snapshot], conn: Any) -> Context:
         """The per-page Context: admins/teams/tags (once per run) and the identities of referenced contacts."""
@@ -333,10 +336,11 @@ class JobRun:
                     self._remember_contact(cid, to_snapshot("contacts", raw) if raw is not None else None)
         identities: dict[str, Identity] = {}
         for cid in wanted:
-            contact = self.contacts.get(cid)
-            if contact is None:
-                continue
-            identity, _ = contact_identity(contact, self.job.default_phone_region)
+            if cid not in self.identities:
+                contact = self.contacts.get(cid)
+                found = contact_identity(contact, self.job.default_phone_region)[0] if contact else None
+                self.identities[cid] = found
+            identity = self.identities[cid]
             if identity is not None:
                 identities[cid] = identity
         return Context(
