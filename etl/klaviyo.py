@@ -170,6 +170,14 @@ class KlaviyoClient:
     def close(self) -> None:
         self.http.close()
 
+    def check(self) -> None:
+        """One cheap authenticated read (the newest import job): raises KlaviyoError if key or revision is refused.
+
+        A read cannot prove the write scopes (events:write, profiles:write, lists:write); a key without them
+        fails the first delivery with a 403 that names them.
+        """
+        self.http.request("GET", IMPORT_JOBS_PATH, params={"page[size]": 1})
+
     # -- events -----------------------------------------------------------------------------------
     def send_events(self, items: Sequence[OutboxItem]) -> Delivery:
         """Bulk-create the events of `items` (`event_resource` payloads) in the fewest requests possible."""

@@ -223,3 +223,30 @@ def test_an_import_job_that_never_completes_stops_with_a_clear_error() -> None:
         with pytest.raises(KlaviyoError, match=r"is still queued after 30 s; run again later"):
             client.send_profiles([profile_item(1)])
         assert 30 <= klaviyo.count("GET", IMPORTS) <= 32
+
+
+def test_check_reads_once_with_a_good_key_and_names_the_env_var_with_a_bad_one() -> None:
+    """`check()` costs one GET; a key without read scopes fails with a 403 naming KLAVIYO_API_KEY."""
+    clock = FakeClock()
+    keys = {"pk_good": frozenset({"profiles:read", "lists:read"}), "pk_writer": frozenset({"events:write"})}
+    with sandbox(clock, KlaviyoSettings(api_keys=keys)) as klaviyo:
+        with client_for(klaviyo, clock, api_key="pk_good") as good:
+            good.check()
+        with client_for(klaviyo, clock, api_key="pk_writer") as writer, pytest.raises(KlaviyoError) as raised:
+            writer.check()
+        assert [(r.method, r.status) for r in klaviyo.received] == [("GET", 200), ("GET", 403)]
+    assert str(raised.value).startswith(
+        "Klaviyo refused access (403) to GET /api/profile-bulk-import-jobs: give the token in KLAVIYO_API_KEY "
+        "the scopes this job needs (This API key is missing required scopes: lists:read, profiles:read.)"
+    )
+
+
+def test_import_errors_over_several_pages_are_all_read() -> None:
+    """150 bad phone numbers take two pages of import-errors; all 150 fail and the other 50 are sent."""
+    clock = FakeClock()
+    items = [profile_item(n, phone="+1555" if n % 4 else None) for n in range(200)]
+    with sandbox(clock) as klaviyo, client_for(klaviyo, clock) as client:
+        delivery = client.send_profiles(items)
+        assert klaviyo.count("GET", f"{IMPORTS}/", status=200) == 2 + 2  # two polls, two pages of errors
+    assert sorted(delivery.failed) == [n for n in range(200) if n % 4]
+    assert sorted(delivery.sent) == [n for n in range(200) if not n % 4]

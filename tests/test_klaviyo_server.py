@@ -246,3 +246,21 @@ def test_a_fault_storm_answers_429_with_retry_after(clock: FakeClock, http: requ
         first = post(http, klaviyo, EVENTS, events_body(event_item(1)))
         second = post(http, klaviyo, EVENTS, events_body(event_item(1)))
     assert (first.status_code, first.headers["Retry-After"], second.status_code) == (429, "7", 202)
+
+
+def test_import_jobs_are_listed_newest_first_with_cursor_paging(
+    klaviyo: KlaviyoServer, http: requests.Session
+) -> None:
+    """GET /api/profile-bulk-import-jobs pages newest first, each page valid against the spec."""
+    created = [
+        post(http, klaviyo, IMPORTS, json.loads(cut_profile_batches([profile_item(n)])[0][0].body))
+        for n in range(3)
+    ]
+    url: str | None = f"{klaviyo.url}{IMPORTS}?page[size]=2"
+    listed = []
+    while url:
+        page = http.get(url, headers=HEADERS, timeout=10).json()
+        assert schema_errors("responses", "GetProfileImportJobResponseCollectionCompoundDocument", page) == []
+        listed += [job["id"] for job in page["data"]]
+        url = page["links"].get("next")
+    assert listed == [reply.json()["data"]["id"] for reply in reversed(created)]

@@ -2,6 +2,7 @@
 
 Endpoints (spec operationIds): `POST /api/event-bulk-create-jobs` (bulk_create_events: 202, no body),
 `POST /api/profile-bulk-import-jobs` (bulk_import_profiles: 202 with the job), `GET
+/api/profile-bulk-import-jobs` (get_bulk_import_profiles_jobs: newest first, cursor paging), `GET
 /api/profile-bulk-import-jobs/{job_id}` (queued → processing → complete) and `GET
 /api/profile-bulk-import-jobs/{id}/import-errors` (cursor paging, `page[size]` 1-100, default 20).
 What fails a whole request and what lands in `import-errors` is in `etl.sandbox.klaviyo_store`.
@@ -52,6 +53,7 @@ SCOPES = {
     "events": {"events:write"},
     "import": {"profiles:write", "lists:write"},
     "job": {"profiles:read", "lists:read"},
+    "jobs": {"profiles:read", "lists:read"},
     "import-errors": {"profiles:read"},
 }
 
@@ -162,6 +164,8 @@ class KlaviyoHandler(SandboxHandler):
             self._post(operation, limit_headers)
         elif operation == "job":
             self._get_job(job_id, limit_headers)
+        elif operation == "jobs":
+            self._list_jobs(query, limit_headers)
         else:
             self._get_import_errors(job_id, query, limit_headers)
 
@@ -172,6 +176,8 @@ class KlaviyoHandler(SandboxHandler):
             return "events", ""
         if method == "POST" and stripped == "/api/profile-bulk-import-jobs":
             return "import", ""
+        if method == "GET" and stripped == "/api/profile-bulk-import-jobs":
+            return "jobs", ""
         if method == "GET" and (match := _JOB_ERRORS.match(path)):
             return "import-errors", match[1]
         if method == "GET" and (match := _JOB.match(path)):
@@ -259,28 +265,39 @@ class KlaviyoHandler(SandboxHandler):
         if job is None:
             self._fail(404, error(404, "not_found", "Not found.", f"No import job with id '{job_id}'."))
             return
-        size_text = (query.get("page[size]") or ["20"])[0]
-        cursor = (query.get("page[cursor]") or ["0"])[0]
-        if not size_text.isdigit() or not 1 <= int(size_text) <= 100 or not cursor.isdigit():
-            problem = invalid("page[size] must be 1 to 100 and page[cursor] a cursor from links.next.", "")
-            problem["source"] = {"parameter": "page[size]" if not size_text.isdigit() else "page[cursor]"}
-            self._fail(400, problem)
+        paging = self._paging(query)
+        if paging is None:
             return
-        size, start = int(size_text), int(cursor)
+        size, start = paging
         complete = job.status(self.server.clock(), self.server.settings) == "complete"
         errors = job.errors if complete else []  # errors are known once the job has processed
-        page = errors[start : start + size]
-        base = f"{self.server.url}/api/profile-bulk-import-jobs/{job_id}/import-errors/"
-        links = {"self": f"{base}?{urlencode({'page[size]': size, 'page[cursor]': start})}"}
-        if start + size < len(errors):
-            links["next"] = f"{base}?{urlencode({'page[size]': size, 'page[cursor]': start + size})}"
-        if start > 0:
-            links["prev"] = f"{base}?{urlencode({'page[size]': size, 'page[cursor]': max(0, start - size)})}"
         data = [
             {"type": "import-error", "id": e["id"], "attributes": {k: v for k, v in e.items() if k != "id"}}
-            for e in page
+            for e in errors[start : start + size]
         ]
-        self._reply(200, {"data": data, "links": links}, limit_headers)
+        base = f"{self.server.url}/api/profile-bulk-import-jobs/{job_id}/import-errors/"
+        self._reply(200, {"data": data, "links": _page_links(base, size, start, len(errors))}, limit_headers)
+
+    def _list_jobs(self, query: dict[str, list[str]], limit_headers: dict[str, str]) -> None:
+        paging = self._paging(query)
+        if paging is None:
+            return
+        size, start = paging
+        jobs = self.server.store.jobs()
+        data = [self._job_resource(job) for job in jobs[start : start + size]]
+        base = f"{self.server.url}/api/profile-bulk-import-jobs/"
+        self._reply(200, {"data": data, "links": _page_links(base, size, start, len(jobs))}, limit_headers)
+
+    def _paging(self, query: dict[str, list[str]]) -> tuple[int, int] | None:
+        """(page size, offset) from `page[size]` (1-100, default 20) and `page[cursor]`; or replies 400."""
+        size_text = (query.get("page[size]") or ["20"])[0]
+        cursor = (query.get("page[cursor]") or ["0"])[0]
+        if size_text.isdigit() and 1 <= int(size_text) <= 100 and cursor.isdigit():
+            return int(size_text), int(cursor)
+        problem = invalid("page[size] must be 1 to 100 and page[cursor] a cursor from links.next.", "")
+        problem["source"] = {"parameter": "page[cursor]" if size_text.isdigit() else "page[size]"}
+        self._fail(400, problem)
+        return None
 
     def _job_url(self, job_id: str) -> str:
         return f"{self.server.url}/api/profile-bulk-import-jobs/{job_id}/"
@@ -314,6 +331,16 @@ class KlaviyoHandler(SandboxHandler):
             },
             "links": {"self": url},
         }
+
+
+def _page_links(base: str, size: int, start: int, total: int) -> dict[str, str]:
+    """JSON:API collection links; the cursor is an offset, opaque to clients that follow `next`."""
+    links = {"self": f"{base}?{urlencode({'page[size]': size, 'page[cursor]': start})}"}
+    if start + size < total:
+        links["next"] = f"{base}?{urlencode({'page[size]': size, 'page[cursor]': start + size})}"
+    if start > 0:
+        links["prev"] = f"{base}?{urlencode({'page[size]': size, 'page[cursor]': max(0, start - size)})}"
+    return links
 
 
 def _iso(moment: float) -> str:

@@ -196,6 +196,11 @@ class KlaviyoStore:
         with self.lock:
             return self._jobs.get(job_id)
 
+    def jobs(self) -> list[ImportJob]:
+        """Every import job, newest first."""
+        with self.lock:
+            return list(reversed(self._jobs.values()))
+
     # -- writes ------------------------------------------------------------------------------------
     def create_events(self, body: Any) -> list[dict[str, Any]]:
         """Record a bulk create body; the errors that fail the whole request (then nothing is recorded)."""
