@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 
 from etl.models import Window
+from etl.sandbox.generator import Workspace
 from etl.sandbox.intercom_server import IntercomSettings
 from tests.intercom_fixtures import (
     MODES,
@@ -36,7 +37,7 @@ def test_consecutive_windows_read_every_record_exactly_once(mode: IntercomSettin
     with sandbox(ws, mode) as sb, client(sb, per_page=6) as c:
         for stream in STREAMS:
             seen: Counter[str] = Counter()
-            for since, until in itertools.pairwise(edges):
+            for since, until in pairwise(edges):
                 ids = read_ids(c, stream, since, until)
                 assert set(ids) == expected_ids(ws, stream, since, until)
                 seen.update(ids)
@@ -138,3 +139,32 @@ def test_page_numbers_and_total_count_come_from_the_responses() -> None:
         pages = list(c.pages(Window("tickets", since, until)))
     assert [p.number for p in pages] == list(range(1, len(pages) + 1))
     assert {p.total_count for p in pages} == {len(ws.objects("tickets"))}
+
+
+@pytest.mark.parametrize(
+    ("zone", "change"), [("America/Los_Angeles", "2026-03-08"), ("Europe/Berlin", "2026-03-29")]
+)
+def test_windows_around_a_dst_change_in_day_mode(zone: str, change: str) -> None:
+    """Windows next to a 23-hour day in the workspace timezone still read every record exactly once."""
+    ws = Workspace(seed=9, start=datetime(2026, 3, 31, 12, tzinfo=UTC), contacts=30, conversations=40, tickets=15,
+                   history_days=28)  # fmt: skip
+    middle = int(datetime.fromisoformat(change).replace(tzinfo=UTC).timestamp())
+    cuts = range(middle - 2 * 86_400, middle + 2 * 86_400, 4 * 3_600 + 1)
+    edges = [at(t) for t in (ws.now - 29 * 86_400, *cuts, ws.now + 2)]
+    settings = IntercomSettings(timezone=zone, granularity="day", inclusive=False)
+    with sandbox(ws, settings) as sb, client(sb, per_page=4) as c:
+        for stream in STREAMS:
+            ids = [i for since, until in pairwise(edges) for i in read_ids(c, stream, since, until)]
+            assert sorted(ids) == sorted(expected_ids(ws, stream, edges[0], edges[-1]))
+
+
+def test_a_window_starting_late_on_a_25_hour_day_misses_nothing() -> None:
+    """Late on the day clocks fall back (25 hours long), a one-day margin would not reach back far enough."""
+    ws = Workspace(seed=4, start=datetime(2026, 11, 3, tzinfo=UTC), contacts=10, conversations=3, tickets=2)
+    since = datetime(2026, 11, 2, 7, 30, tzinfo=UTC)  # 23:30 PST on Sunday 1 November, a 25-hour day in LA
+    target = ws.objects("contacts")[0]
+    target["updated_at"] = int(since.timestamp()) + 900
+    settings = IntercomSettings(timezone="America/Los_Angeles", granularity="day")
+    with sandbox(ws, settings) as sb, client(sb) as c:
+        ids = read_ids(c, "contacts", since, since + timedelta(hours=1))
+    assert target["id"] in ids

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from etl.errors import IntercomError
-from etl.intercom import MAX_IDS_PER_LOOKUP
+from etl.intercom import MAX_IDS_PER_LOOKUP, IntercomClient
 from etl.models import Window
 from etl.sandbox.intercom_server import IntercomSandbox, IntercomServer, IntercomSettings
+from etl.sandbox.server import Faults
 from tests.intercom_fixtures import (
     START,
     STREAMS,
@@ -54,8 +55,7 @@ def test_ten_percent_5xx_and_some_resets_are_retried_with_backoff() -> None:
     since, until = at(START.timestamp() - 90 * 86_400), at(ws.now + 1)
     fake = FakeTime(EPOCH)
     with sandbox(ws, clock=fake.clock) as sb, client(sb, fake, per_page=5) as c:
-        sb.faults.error_rate, sb.faults.reset_rate, sb.faults.seed = 0.1, 0.02, 11
-        sb.faults.__post_init__()
+        sb.server.faults = Faults(error_rate=0.1, reset_rate=0.02, seed=11)
         for stream in STREAMS:
             ids = read_ids(c, stream, since, until)
             assert sorted(ids) == sorted(expected_ids(ws, stream, since, until))
@@ -73,7 +73,7 @@ def test_unreadable_200_bodies_are_retried(fault: str) -> None:
     since, until = at(START.timestamp() - 90 * 86_400), at(ws.now + 1)
     fake = FakeTime(EPOCH)
     with sandbox(ws) as sb, client(sb, fake, per_page=10) as c:
-        setattr(sb.faults, fault, 0.3)
+        sb.server.faults = Faults(**{fault: 0.3})
         ids = read_ids(c, "conversations", since, until)
     assert sorted(ids) == sorted(expected_ids(ws, "conversations", since, until))
     assert c.stats.retries == len(fake.waits) > 0
@@ -83,8 +83,6 @@ def test_a_rejected_token_ends_with_exit_3_and_names_the_env_var_not_the_token()
     """A 401 raises IntercomError (exit 3) with a one-line message naming INTERCOM_ACCESS_TOKEN, never the token."""
     with sandbox() as sb:
         sb.settings.token = "the-real-token"
-        from etl.intercom import IntercomClient
-
         c = IntercomClient(sb.url, "wrong-token-s3cr3t", token_env="INTERCOM_ACCESS_TOKEN")
         with pytest.raises(IntercomError) as caught:
             list(c.pages(Window("contacts", START, at(START.timestamp() + 60))))
@@ -155,3 +153,16 @@ def test_the_client_sends_the_configured_intercom_version() -> None:
     with sandbox() as sb, client(sb, version="2.15") as c:
         c.tags()
         assert sb.server.versions == {"2.15": 1}
+
+
+def test_slow_responses_past_the_read_timeout_are_retried() -> None:
+    """A reply slower than the read timeout counts as a timeout and is retried, not fatal."""
+    ws = workspace()
+    fake = FakeTime(EPOCH)
+    with sandbox(ws) as sb, client(sb, fake, timeout=(1.0, 0.15)) as c:
+        sb.server.faults = Faults(slow_rate=0.5, slow_seconds=0.3, seed=2)
+        live = next(iter(ws.contacts))
+        for _ in range(4):
+            assert list(c.lookup_contacts([live])) == [live]  # one search each
+    assert c.stats.retries == len(fake.waits) > 0
+    assert c.stats.calls == 4 + c.stats.retries
