@@ -7,6 +7,7 @@ import math
 import pytest
 
 from etl.errors import KlaviyoError
+from etl.klaviyo import Delivery
 from etl.klaviyo_batches import (
     MAX_EVENTS_PER_REQUEST,
     MAX_PROFILES_PER_JOB,
@@ -124,7 +125,7 @@ def test_a_duplicate_event_is_sent_once_and_both_items_count_as_sent() -> None:
         delivery = client.send_events(items)
         assert klaviyo.count("POST", EVENTS, status=202) == 1
         assert len(klaviyo.events) == 1
-    assert delivery == type(delivery)(sent=(1, 2), failed={})
+    assert delivery == Delivery(sent=(1, 2), failed={})
 
 
 def test_a_429_storm_is_waited_out_for_exactly_retry_after() -> None:
@@ -250,3 +251,17 @@ def test_import_errors_over_several_pages_are_all_read() -> None:
         assert klaviyo.count("GET", f"{IMPORTS}/", status=200) == 2 + 2  # two polls, two pages of errors
     assert sorted(delivery.failed) == [n for n in range(200) if n % 4]
     assert sorted(delivery.sent) == [n for n in range(200) if not n % 4]
+
+
+def test_a_400_that_names_no_item_stops_delivery_without_retrying() -> None:
+    """A request-level 400 (here: a tighter event limit) raises KlaviyoError with Klaviyo's detail, once."""
+    clock = FakeClock()
+    with sandbox(clock, KlaviyoSettings(max_events=10)) as klaviyo, client_for(klaviyo, clock) as client:
+        with pytest.raises(KlaviyoError) as raised:
+            client.send_events([event_item(n) for n in range(11)])
+        assert klaviyo.count("POST", EVENTS) == 1
+    assert str(raised.value) == (
+        "Klaviyo rejected POST /api/event-bulk-create-jobs (400) without naming an item: invalid: A maximum of "
+        "10 events is allowed per request. (/data/attributes/events-bulk-create/data); "
+        "this is a bug in etl, please report it"
+    )

@@ -60,7 +60,7 @@ def _check(
             found.append((pointer or "/", "This field may not be null."))
         return
     if "oneOf" in schema:
-        matches = sum(not problems_in(value, option) for option in schema["oneOf"])
+        matches = sum(not _problems_in(value, option) for option in schema["oneOf"])
         if matches != 1:
             found.append((pointer or "/", "Invalid value for this field."))
         return
@@ -88,7 +88,7 @@ def _check(
             _check(item, schema["items"], f"{pointer}/{index}", found, limit)
 
 
-def problems_in(value: Any, schema: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _problems_in(value: Any, schema: Mapping[str, Any]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     _check(value, schema, "", found, 1)
     return found
