@@ -126,7 +126,9 @@ class IntercomClient:
 
     def pages(self, window: Window) -> Iterator[Page]:
         """One Page per search response, each holding the objects with since <= updated_at < until not yet
-        yielded by this call (see the module docstring for why none is missed)."""
+        yielded by this call (see the module docstring for why none is missed). A page may be empty.
+        `Page.total_count` is the server's count for the widened query (up to two days beyond each end of
+        the window): an upper bound on the window's objects, for progress only."""
         if window.stream not in STREAMS:
             raise ValueError(f"unknown stream {window.stream!r}")
         stream = window.stream
@@ -216,8 +218,12 @@ class IntercomClient:
                 for contact in body["data"]:
                     found[str(contact.get("id"))] = contact
                 cursor = self._next_cursor(body)
-                if cursor is None or cursor in seen:
+                if cursor is None:
                     break
+                if cursor in seen:
+                    raise IntercomError(
+                        "Intercom returned the same contacts search cursor twice; stopped paging"
+                    )
                 seen.add(cursor)
         return found
 
