@@ -17,6 +17,7 @@ from etl.klaviyo_batches import (
 from etl.models import OutboxItem
 from etl.sandbox.klaviyo_server import KlaviyoServer
 from etl.sandbox.klaviyo_store import KlaviyoSettings
+from etl.sandbox.server import Faults
 from tests.klaviyo_fixtures import FakeClock, client_for, event_item, profile_item, sandbox, schema_errors
 
 EVENTS = "/api/event-bulk-create-jobs"
@@ -166,10 +167,7 @@ def test_server_errors_and_resets_are_retried_until_delivered() -> None:
     """5xx replies and dropped connections are retried with backoff; every event arrives once."""
     clock = FakeClock()
     with sandbox(clock) as klaviyo, client_for(klaviyo, clock) as client:
-        klaviyo.faults.error_rate = 0.3
-        klaviyo.faults.reset_rate = 0.2
-        klaviyo.faults.seed = 4
-        klaviyo.faults.__post_init__()
+        klaviyo.faults = Faults(error_rate=0.3, reset_rate=0.2, seed=4)
         delivery = client.send_events([event_item(n) for n in range(2_500)])
         assert len(klaviyo.events) == 2_500
     assert len(delivery.sent) == 2_500
