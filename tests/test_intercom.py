@@ -61,21 +61,20 @@ def test_no_change_run_costs_one_search_call_per_stream(mode: IntercomSettings) 
         assert c.stats.calls == 3
 
 
-@pytest.mark.parametrize("cursor", ["offset", "keyset"])
-def test_objects_sharing_updated_at_across_a_page_boundary_are_read_once(cursor: str) -> None:
+@pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
+def test_objects_sharing_updated_at_across_a_page_boundary_are_read_once(mode: IntercomSettings) -> None:
     """Nine conversations with one updated_at straddling pages of four are each read exactly once."""
     ws = workspace()
     tied = ws.objects("conversations")[:9]
     moment = ws.now - 100
     for conv in tied:
         conv["updated_at"] = moment
-    with sandbox(ws, IntercomSettings(cursor=cursor)) as sb, client(sb, per_page=4) as c:
+    with sandbox(ws, mode) as sb, client(sb, per_page=4) as c:
         ids = read_ids(c, "conversations", at(moment), at(moment + 1))
     assert sorted(ids) == sorted(conv["id"] for conv in tied)
 
 
-@pytest.mark.parametrize("mode", [MODES["day-UTC-incl-offset"], MODES["second-Kolkata-strict-offset"],
-                                  MODES["second-UTC-incl-keyset"]], ids=["day", "second", "keyset"])  # fmt: skip
+@pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
 def test_objects_updated_while_paging_are_never_skipped(mode: IntercomSettings) -> None:
     """Updates and new objects during paging skip nothing; the updated objects fall to the next window."""
     ws = workspace(conversations=60)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -256,7 +256,7 @@ def test_auth_version_and_rate_limit_headers() -> None:
 
 
 def test_serve_intercom_starts_a_reachable_sandbox() -> None:
-    """The function behind `etl sandbox serve` builds a workspace and serves it until stopped."""
+    """The function behind `etl sandbox serve` builds a workspace, serves it, and advances it on request."""
     running = serve_intercom(
         seed=2, start=datetime(2026, 3, 1, tzinfo=UTC), contacts=5, conversations=5, tickets=2
     )
@@ -264,6 +264,10 @@ def test_serve_intercom_starts_a_reachable_sandbox() -> None:
         reply = requests.get(f"{running.url}/admins", headers={"Authorization": f"Bearer {running.token}"})
         assert reply.status_code == 200
         assert isinstance(running.workspace, Workspace)
+        before = running.workspace.now
+        changes = running.advance(timedelta(minutes=10), activity=3)
+        assert running.workspace.now == before + 600
+        assert all(before < c.time <= before + 600 for c in changes)
     finally:
         running.stop()
 

@@ -207,7 +207,6 @@ def blank_conversation(
             "count_assignments": 0,
             "count_conversation_parts": 1,
         },
-        "conversation_parts": {"type": "conversation_part.list", "conversation_parts": [], "total_count": 0},
         "linked_objects": {"type": "list", "data": [], "total_count": 0, "has_more": False},
         "ai_agent_participated": False,
     }

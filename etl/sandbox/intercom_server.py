@@ -34,10 +34,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from etl.sandbox.generator import Workspace
+from etl.sandbox.generator import Change, Workspace
 from etl.sandbox.intercom_query import Matching, QueryError, compile_query, search_values
 from etl.sandbox.server import Faults, SandboxHandler, SandboxServer
 
@@ -324,6 +324,11 @@ class IntercomSandbox:
     @property
     def faults(self) -> Faults:
         return self.server.faults
+
+    def advance(self, step: timedelta, activity: int | None = None) -> list[Change]:
+        """Advance the workspace (see `Workspace.advance`) while no request is being answered."""
+        with self.server.lock:
+            return self.workspace.advance(step, activity)
 
     def start(self) -> IntercomSandbox:
         self.server.start()
