@@ -35,8 +35,10 @@ from etl.state import StateStore
 
 log = logs.get_logger("pipeline")
 
-PROFILE_CHUNK = 10_000  # outbox items per delivery call: one Klaviyo import job holds 10,000 profiles
-EVENT_CHUNK = 5_000  # a multiple of 1,000 (Klaviyo bulk create limit), so chunking adds no request
+# Outbox items per delivery call. Large, so the client cuts requests by Klaviyo's count AND byte limits
+# itself (a smaller chunk would add requests where bytes are the tighter limit); bounded, so memory is too.
+PROFILE_CHUNK = 30_000
+EVENT_CHUNK = 20_000
 CONTACT_CACHE_LIMIT = 5_000  # contacts remembered per run for identity lookups; memory stays flat
 
 

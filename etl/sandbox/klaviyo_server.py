@@ -77,14 +77,6 @@ class KlaviyoHandler(SandboxHandler):
     server: KlaviyoServer
     content_type = JSON_API
 
-    def _dispatch(self, method: str) -> None:
-        # read the body before a fault fires: an unread body would poison the keep-alive connection
-        self._raw_body = super().read_body()
-        super()._dispatch(method)
-
-    def read_body(self) -> bytes:
-        return self._raw_body
-
     def error_body(self, status: int, code: str, message: str) -> dict[str, Any]:
         return {"errors": [error(status, code, message, message)]}
 

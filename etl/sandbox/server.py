@@ -80,6 +80,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
+        # read the body before a fault fires: an unread body would poison the keep-alive connection
+        length = int(self.headers.get("Content-Length") or 0)
+        self._raw_body = self.rfile.read(length) if length else b""
         self.server.record(method, self.path)
         fault = self.server.faults.draw()
         if fault == "reset":
@@ -116,8 +119,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self.send_json(429, self.error_body(429, "rate_limit_exceeded", "Rate limit exceeded"))
 
     def read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        """The request body (read once, before any fault was drawn)."""
+        return self._raw_body
 
     def read_json(self) -> Any:
         """The request body as JSON, or raises ValueError."""
