@@ -18,10 +18,13 @@ How `pages(window)` reads a window `[since, until)` completely, whatever the ser
   with a position-based cursor they are re-sent (we drop repeats: each id at most once per call), never
   skipped; with a key-based cursor nothing moves. Proof: an unread object's position never decreases while
   our offset grows by exactly one page, so it is still at or after the offset of the next request; paging
-  ends only on a page that reaches past it. An object *leaving* the result set (a merged contact) would
-  shift unread objects up past our offset, so a falling `total_count` makes us re-read the stream from the
-  top (repeats dropped); a departure hidden by an equal number of arrivals is not visible through an opaque
-  cursor, and is not covered.
+  ends only on a page that reaches past it. An object *leaving* the result set (a merged contact; in a
+  backfill window, an object updated to beyond `until + 2 days`) shifts unread objects up past our offset,
+  so a falling `total_count` starts a fresh search whose upper bound is the last object read + 2 days: the
+  shifted objects rank after that object, and the re-read overlap stays one slack's worth (repeats are
+  dropped). Departures balanced by arrivals are harmless: arrivals are new or just-updated objects, which
+  rank above every object of the window, so they push unread objects down at least as far as departures
+  pull them up (an unread object moves by arrivals - departures above it >= the change in total_count).
 - assumption: the server orders equal `updated_at` consistently (by id), as Intercom's `[updated_at, id]`
   cursors do; objects sharing a timestamp across a page boundary are then read once.
 - a cursor seen twice in one call is a server loop: IntercomError rather than paging forever.
@@ -43,7 +46,7 @@ from etl.models import STREAMS, Page, Window
 MAX_PER_PAGE = 150  # spec 2.16: search pagination.per_page maximum
 WINDOW_SLACK_SECONDS = 2 * 86_400  # > the longest calendar day (25 h at a DST change): covers day truncation
 MAX_IDS_PER_LOOKUP = 15  # spec: 15 filters per group; IN is "a shortcut for OR", so we assume values count
-MAX_RESTARTS = 3  # re-reads of one window after the result set shrank while paging
+MAX_RESTARTS = 20  # re-reads of one window after the result set shrank while paging
 MAX_MERGE_HOPS = 3  # spec: the Link header already resolves chains "up to 3 hops"
 LIST_KEYS = {"contacts": "data", "conversations": "conversations", "tickets": "tickets"}
 _LINK = re.compile(r"<[^>]*/contacts/([^>/]+)>")
@@ -51,6 +54,17 @@ _LINK = re.compile(r"<[^>]*/contacts/([^>/]+)>")
 
 def _epoch(obj: Mapping[str, Any]) -> int:
     return int(obj.get("updated_at") or 0)
+
+
+def _updated_between(low: int, high: int) -> dict[str, Any]:
+    """`low < updated_at < high` as Intercom search reads it (day-truncated or "or equal" on some servers)."""
+    return {
+        "operator": "AND",
+        "value": [
+            {"field": "updated_at", "operator": ">", "value": low},
+            {"field": "updated_at", "operator": "<", "value": high},
+        ],
+    }
 
 
 class IntercomClient:
@@ -133,30 +147,28 @@ class IntercomClient:
             raise ValueError(f"unknown stream {window.stream!r}")
         stream = window.stream
         since, until = window.since.timestamp(), window.until.timestamp()
-        query = {
-            "operator": "AND",
-            "value": [
-                {"field": "updated_at", "operator": ">", "value": math.floor(since) - WINDOW_SLACK_SECONDS},
-                {"field": "updated_at", "operator": "<", "value": math.ceil(until) + WINDOW_SLACK_SECONDS},
-            ],
-        }
+        low = math.floor(since) - WINDOW_SLACK_SECONDS
+        query = _updated_between(low, math.ceil(until) + WINDOW_SLACK_SECONDS)
         yielded: set[str] = set()
         cursors: set[str] = set()
         cursor: str | None = None
         total: int | None = None
+        last_read: int | None = None  # updated_at of the last object of the last page read
         restarts = number = 0
         while True:
             body = self._search(stream, query, cursor, sort=True)
             count = body.get("total_count")
-            if isinstance(count, int) and total is not None and count < total and cursor is not None:
-                # something left the result set while we paged: unread objects may have shifted past
-                # our position, so read again from the top (repeats are dropped below)
+            if isinstance(count, int) and total is not None and count < total and last_read is not None:
+                # something left the result set while we paged, so unread objects may have shifted past our
+                # position; they all rank after the last object read, so search again from there down
                 restarts += 1
                 if restarts > MAX_RESTARTS:
                     raise IntercomError(
-                        f"Intercom's {stream} search results kept shrinking while paging; run the job again"
+                        f"Intercom's {stream} search results kept changing while paging; run again, "
+                        "or backfill in shorter --since/--until slices"
                     )
-                total, cursor = count, None
+                query = _updated_between(low, last_read + WINDOW_SLACK_SECONDS)
+                total = cursor = last_read = None
                 cursors.clear()
                 continue
             total = count if isinstance(count, int) else total
@@ -168,6 +180,7 @@ class IntercomClient:
                     fresh.append(obj)
             number += 1
             yield Page(stream=stream, objects=tuple(fresh), total_count=total, number=number)
+            last_read = _epoch(objects[-1]) if objects else last_read
             cursor = self._next_cursor(body)
             if cursor is None or (objects and _epoch(objects[-1]) < since):
                 return

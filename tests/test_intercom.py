@@ -167,3 +167,22 @@ def test_a_window_starting_late_on_a_25_hour_day_misses_nothing() -> None:
     with sandbox(ws, settings) as sb, client(sb) as c:
         ids = read_ids(c, "contacts", since, since + timedelta(hours=1))
     assert target["id"] in ids
+
+
+@pytest.mark.parametrize(
+    "mode", [MODES["day-UTC-incl-offset"], MODES["second-Kolkata-strict-offset"]], ids=["day", "second"]
+)
+def test_a_backfill_survives_objects_updated_out_of_its_range_while_paging(mode: IntercomSettings) -> None:
+    """Objects already read that leave the search range mid-backfill cost a bounded re-read, never a skip."""
+    ws = workspace(conversations=90)
+    since, until = at(ws.now - 55 * 86_400), at(ws.now - 12 * 86_400)
+    before = expected_ids(ws, "conversations", since, until)
+    with sandbox(ws, mode) as sb, client(sb, per_page=4) as c:
+        read: list[str] = []
+        for page in c.pages(Window("conversations", since, until)):
+            read += [o["id"] for o in page.objects]
+            if page.number <= 8 and read:
+                ws.touch("conversations", read[-1])  # to now: out of the backfill's range, shifting the rest
+        calls = sb.server.search_calls["conversations"]
+    assert sorted(read) == sorted(before)
+    assert calls <= 2 * (-(-len(before) // 4)) + 10
