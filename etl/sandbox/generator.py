@@ -14,7 +14,8 @@ The history lets a test compute the expected Klaviyo events without the inferenc
 `contact.created`, `contact.updated`, `contact.merged` (details: into), `conversation.created` (contact_ids),
 `conversation.contact_replied`, `conversation.admin_replied`, `conversation.rated` (rating, remark),
 `conversation.read`, `ticket.created` (state), `ticket.state_changed` (previous, state, part_id),
-`ticket.contact_replied` (part_id). Conversation and ticket records carry `contact_ids` in their details.
+`ticket.contact_replied` (part_id), and `conversation.updated` / `ticket.updated` from `touch()` (a change
+that should raise no event). Conversation and ticket records carry `contact_ids` in their details.
 """
 
 from __future__ import annotations

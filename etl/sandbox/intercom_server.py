@@ -5,7 +5,8 @@
 
 Endpoints: `POST /contacts/search`, `/conversations/search`, `/tickets/search` (query grammar and timestamp
 matching in `etl.sandbox.intercom_query`; `per_page` default 50 for contacts, 20 otherwise, maximum 150;
-`sort` by any field, `ascending|descending`, default `descending`; `total_count`; `pages`),
+`sort` by any field (default `created_at`), `ascending|descending` (default `descending`); ties by id;
+`total_count`; `pages`),
 `GET /admins`, `/teams`, `/tags`, `GET /contacts/{id}`. Merged contacts are absent from search (spec:
 "Contacts that have been merged ... are excluded from search results") and `GET /contacts/{id}` answers
 them with 410 `contact_merged` and `Link: </contacts/{survivor}>; rel="canonical"` (spec, ShowContact; the
