@@ -56,13 +56,14 @@ def _epoch(obj: Mapping[str, Any]) -> int:
     return int(obj.get("updated_at") or 0)
 
 
-def _updated_between(low: int, high: int) -> dict[str, Any]:
-    """`low < updated_at < high` as Intercom search reads it (day-truncated or "or equal" on some servers)."""
+def covering_query(since: float, until: float) -> dict[str, Any]:
+    """A search query whose results include every object with since <= updated_at < until, whether the
+    server truncates timestamps to days in any timezone, reads `>`/`<` as "or equal", or neither."""
     return {
         "operator": "AND",
         "value": [
-            {"field": "updated_at", "operator": ">", "value": low},
-            {"field": "updated_at", "operator": "<", "value": high},
+            {"field": "updated_at", "operator": ">", "value": math.floor(since) - WINDOW_SLACK_SECONDS},
+            {"field": "updated_at", "operator": "<", "value": math.ceil(until) + WINDOW_SLACK_SECONDS},
         ],
     }
 
@@ -147,8 +148,7 @@ class IntercomClient:
             raise ValueError(f"unknown stream {window.stream!r}")
         stream = window.stream
         since, until = window.since.timestamp(), window.until.timestamp()
-        low = math.floor(since) - WINDOW_SLACK_SECONDS
-        query = _updated_between(low, math.ceil(until) + WINDOW_SLACK_SECONDS)
+        query = covering_query(since, until)
         yielded: set[str] = set()
         cursors: set[str] = set()
         cursor: str | None = None
@@ -167,7 +167,7 @@ class IntercomClient:
                         f"Intercom's {stream} search results kept changing while paging; run again, "
                         "or backfill in shorter --since/--until slices"
                     )
-                query = _updated_between(low, last_read + WINDOW_SLACK_SECONDS)
+                query = covering_query(since, min(until, last_read + 1))
                 total = cursor = last_read = None
                 cursors.clear()
                 continue
