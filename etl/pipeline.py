@@ -116,6 +116,7 @@ class JobRun:
             self.finish("failed", f"{type(exc).__name__}: {logs.scrub(str(exc))[:300]}")
             raise
         finally:
+            self.progress.close()  # stop the bars and rich's stdout redirection before a summary or error line
             if not self.dry and self.store is not None:
                 try:
                     self.store.release_lock(self.job.name, self.owner)

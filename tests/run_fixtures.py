@@ -1,0 +1,189 @@
+"""Builders shared by the run-mode tests: sandboxes on loopback, job settings, fast clients, database dumps."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from etl.config import IntercomSettings, JobSettings, KlaviyoSettings, Settings
+from etl.intercom import IntercomClient
+from etl.klaviyo import KlaviyoClient
+from etl.pipeline import Services
+from etl.sandbox.generator import Workspace
+from etl.sandbox.intercom_server import IntercomSandbox
+from etl.sandbox.intercom_server import IntercomSettings as SandboxIntercomSettings
+from etl.sandbox.klaviyo_server import ALL_SCOPES, KlaviyoServer
+from etl.sandbox.klaviyo_store import KlaviyoSettings as SandboxKlaviyoSettings
+from etl.state import StateStore, outbox
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)  # the workspace's "now"; months before the real clock
+START_DATE = T0 - timedelta(days=30)
+IC_TOKEN = "ic-SECRET-token-4711"  # sandbox secrets, asserted absent from every output
+KL_KEY = "pk_SECRET_key_0815"
+IC_ENV, KL_ENV = "ETL_TEST_IC_TOKEN", "ETL_TEST_KL_KEY"
+STREAMS = ("contacts", "conversations", "tickets")
+
+
+def no_sleep(_seconds: float) -> None:
+    """Retries and polls go round at once."""
+
+
+class Sandboxes:
+    """A fake Intercom serving a small generated workspace and one or more fake Klaviyo accounts."""
+
+    def __init__(self, seed: int = 3, *, klaviyos: int = 1, **klaviyo_settings: Any) -> None:
+        self.workspace = Workspace(seed=seed, start=T0, contacts=40, conversations=60, tickets=20)
+        self.intercom_now = [1_000_000_000.0]  # the fake Intercom's rate-limit clock; tests move it
+        self.intercom = IntercomSandbox(
+            self.workspace, SandboxIntercomSettings(token=IC_TOKEN), clock=lambda: self.intercom_now[0]
+        )
+        settings = {"queued_seconds": 0, "processing_seconds": 0, **klaviyo_settings}
+        self.klaviyos = [
+            KlaviyoServer(SandboxKlaviyoSettings(api_keys={KL_KEY: ALL_SCOPES}, **settings))
+            for _ in range(klaviyos)
+        ]
+
+    @property
+    def klaviyo(self) -> KlaviyoServer:
+        return self.klaviyos[0]
+
+    def start(self) -> Sandboxes:
+        self.intercom.start()
+        for server in self.klaviyos:
+            server.start()
+        return self
+
+    def stop(self) -> None:
+        self.intercom.stop()
+        for server in self.klaviyos:
+            server.stop()
+
+    def job(self, name: str = "shop", klaviyo: int = 0, per_page: int = 10, **extra: Any) -> JobSettings:
+        return JobSettings(
+            name=name,
+            intercom=IntercomSettings(base_url=self.intercom.url, token_env=IC_ENV, per_page=per_page),
+            klaviyo=KlaviyoSettings(base_url=self.klaviyos[klaviyo].url, api_key_env=KL_ENV),
+            streams=STREAMS,
+            start_date=START_DATE,
+            **extra,
+        )
+
+    def services(self, store: StateStore | None, klaviyo: int | None = 0, per_page: int = 10) -> Services:
+        """Clients as the CLI builds them, but with a no-op sleep and no poll interval."""
+        intercom = IntercomClient(
+            self.intercom.url, IC_TOKEN, token_env=IC_ENV, per_page=per_page, sleep=no_sleep
+        )
+        client = None
+        if klaviyo is not None:
+            client = KlaviyoClient(
+                self.klaviyos[klaviyo].url, KL_KEY, api_key_env=KL_ENV, sleep=no_sleep, poll_interval=0
+            )
+        return Services(store, intercom, client)
+
+    def clock(self) -> datetime:
+        """The run's wall clock: one second after the workspace's last change."""
+        return datetime.fromtimestamp(self.workspace.now + 1, UTC)
+
+    def searches(self) -> int:
+        """POST …/search requests the fake Intercom has received so far."""
+        return sum(1 for method, path in self.intercom.server.requests if path.endswith("/search"))
+
+
+@contextmanager
+def sandboxes(seed: int = 3, **kwargs: Any) -> Iterator[Sandboxes]:
+    boxes = Sandboxes(seed, **kwargs).start()
+    try:
+        yield boxes
+    finally:
+        boxes.stop()
+
+
+def close(services: Services) -> None:
+    services.intercom.close()
+    if services.klaviyo is not None:
+        services.klaviyo.close()
+
+
+def settings(url: str, *jobs: JobSettings) -> Settings:
+    return Settings(database_url=url, jobs={job.name: job for job in jobs})
+
+
+def write_config(path: Path, url: str, *jobs: JobSettings) -> Path:
+    """A jobs.yaml for these jobs (tokens by env var name only) and this state database."""
+    lines = [f"database_url: {url}", "jobs:"]
+    for job in jobs:
+        lines += [
+            f"  {job.name}:",
+            f"    intercom: {{base_url: '{job.intercom.base_url}', token_env: {job.intercom.token_env}, "
+            f"per_page: {job.intercom.per_page}}}",
+            f"    klaviyo: {{base_url: '{job.klaviyo.base_url}', api_key_env: {job.klaviyo.api_key_env}}}",
+            f"    start_date: {job.start_date.isoformat()}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def dump(url: str) -> dict[str, list[str]]:
+    """Every row of every table (sorted), or {} for an SQLite file that does not exist."""
+    if url.startswith("sqlite"):
+        path = sa.make_url(url).database
+        if not path or not Path(path).exists():
+            return {}
+    engine = sa.create_engine(url)
+    try:
+        meta = sa.MetaData()
+        meta.reflect(engine)
+        with engine.connect() as conn:
+            return {
+                name: sorted(repr(tuple(row)) for row in conn.execute(sa.select(table)))
+                for name, table in meta.tables.items()
+            }
+    finally:
+        engine.dispose()
+
+
+def outbox_rows(store: StateStore, job: str, **where: Any) -> list[dict[str, Any]]:
+    """The job's outbox rows (all columns), in queue order, filtered by column values."""
+    query = sa.select(outbox).where(outbox.c.job == job).order_by(outbox.c.id)
+    for column, value in where.items():
+        query = query.where(outbox.c[column] == value)
+    with store.transaction() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def canonical(kind: str, unique_id: str, payload: Any) -> tuple[str, str, str]:
+    return kind, unique_id, json.dumps(payload, sort_keys=True)
+
+
+def klaviyo_content(server: KlaviyoServer) -> tuple[set[tuple[Any, ...]], dict[str, Any]]:
+    """What a Klaviyo account holds: its deduplicated events and its profiles."""
+    events = {
+        (e.profile, e.metric, e.unique_id, e.time, e.backfill, json.dumps(e.properties, sort_keys=True))
+        for e in server.events
+    }
+    return events, server.profiles
+
+
+def events_posted(server: KlaviyoServer) -> int:
+    """How many events the accepted bulk-create requests carried (duplicates included)."""
+    total = 0
+    for received in server.received:
+        if received.path.startswith("/api/event-bulk-create-jobs") and received.status == 202:
+            groups = received.json()["data"]["attributes"]["events-bulk-create"]["data"]
+            total += sum(len(g["attributes"]["events"]["data"]) for g in groups)
+    return total
+
+
+def in_window(boxes: Sandboxes, stream: str, since: datetime, until: datetime) -> set[str]:
+    """Ids of the stream's live objects with since <= updated_at < until."""
+    low, high = since.timestamp(), until.timestamp()
+    return {str(o["id"]) for o in boxes.workspace.objects(stream) if low <= o["updated_at"] < high}
+
+
+Clock = Callable[[], datetime]

@@ -1,0 +1,216 @@
+"""`etl run` end to end through the real CLI against the sandboxes: exit codes, summary, logs, metrics, demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from prometheus_client.parser import text_string_to_metric_families
+
+from etl import logs
+from etl.cli import cli
+from etl.demo import DEMO_KEY_ENV, DEMO_TOKEN_ENV
+from etl.models import RunOptions
+from etl.pipeline import run_jobs
+from etl.state import StateStore
+from tests.run_fixtures import (
+    IC_ENV,
+    IC_TOKEN,
+    KL_ENV,
+    KL_KEY,
+    STREAMS,
+    dump,
+    sandboxes,
+    settings,
+    write_config,
+)
+
+ENV = {IC_ENV: IC_TOKEN, KL_ENV: KL_KEY, "ETL_DATABASE_URL": ""}
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """The CLI points the `etl` logger at the runner's stderr; put it back for the tests that follow."""
+    logger = logging.getLogger(logs.LOGGER_NAME)
+    saved = logger.handlers[:], logger.propagate, logger.level
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+
+
+def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env={**ENV, **(env or {})})
+
+
+def json_records(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def totals(counts: dict[str, Any], key: str) -> int:
+    return sum(int(counts.get(stream, {}).get(key, 0)) for stream in STREAMS)
+
+
+def test_run_exits_0_with_summary_json_logs_metrics_file_and_run_history(tmp_path: Path) -> None:
+    """`etl run --metrics-file` exits 0: summary and JSON logs on stderr, Prometheus text, and `etl runs` shows it."""
+    url = f"sqlite:///{tmp_path}/state.db"
+    with sandboxes() as boxes:
+        config = write_config(tmp_path / "jobs.yaml", url, boxes.job())
+        metrics = tmp_path / "etl.prom"
+        result = invoke("--config", str(config), "run", "--metrics-file", str(metrics))
+        assert result.exit_code == 0, result.output
+        assert result.stdout == ""
+        assert (
+            "\njob shop (incremental)\n  stream         pages  objects  unchanged  events  profiles"
+            in result.stderr
+        )
+        records = json_records(result.stderr)
+        read = [r for r in records if r["message"] == "stream read"]
+        assert [r["stream"] for r in read] == list(STREAMS)
+        assert {r["job"] for r in records} == {"shop"} and all(isinstance(r["run_id"], int) for r in read)
+        for text in (result.output, repr(dump(url)), metrics.read_text()):
+            assert IC_TOKEN not in text and KL_KEY not in text
+        assert boxes.klaviyo.events
+
+    store = StateStore(url)
+    (run,) = store.runs("shop", 5)
+    store.close()
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    (last,) = families["etl_last_success_timestamp_seconds"].samples
+    assert last.labels == {"job": "shop"} and last.value == run.finished_at.timestamp()
+    events = {s.labels["metric"]: s.value for s in families["etl_events"].samples}
+    expected: dict[str, float] = {}
+    for stream in STREAMS:
+        for key, n in run.counts.get(stream, {}).items():
+            if key.startswith("events:"):
+                expected[key[7:]] = expected.get(key[7:], 0) + n
+    assert events == expected and events["Created Conversation"] > 0
+    assert [s.value for s in families["etl_run_failed"].samples] == [0.0]
+    objects = {s.labels["stream"]: s.value for s in families["etl_objects"].samples}
+    assert objects == {s: run.counts[s]["objects"] for s in STREAMS}
+
+    listing = invoke("--config", str(config), "runs")
+    assert listing.exit_code == 0, listing.output
+    header, row = listing.stdout.splitlines()
+    assert header.split() == ["id", "job", "mode", "started", "finished", "status", "objects", "events",
+                              "profiles", "error"]  # fmt: skip
+    fields = row.split()
+    assert fields[:3] == [str(run.id), "shop", "incremental"] and fields[5] == "succeeded"
+    counts = [totals(run.counts, k) for k in ("objects", "events", "profiles")]
+    assert fields[6:] == [str(n) for n in counts] and min(counts) > 0
+
+
+def test_dry_run_prints_ndjson_to_output_or_stdout_and_creates_no_database(tmp_path: Path) -> None:
+    """`etl run --dry-run --output FILE` fills FILE, without --output the same lines go to stdout; no database file."""
+    database = tmp_path / "state.db"
+    with sandboxes() as boxes:
+        config = write_config(tmp_path / "jobs.yaml", f"sqlite:///{database}", boxes.job())
+        output = tmp_path / "audit.ndjson"
+        to_file = invoke("--config", str(config), "run", "--dry-run", "--output", str(output))
+        assert to_file.exit_code == 0, to_file.output
+        assert to_file.stdout == "" and "job shop (dry-run)" in to_file.stderr
+        to_stdout = invoke("--config", str(config), "run", "--dry-run")
+        assert to_stdout.exit_code == 0, to_stdout.output
+        assert boxes.klaviyo.received == []
+    lines = output.read_text().splitlines()
+    assert lines and to_stdout.stdout.splitlines() == lines
+    assert all(sorted(json.loads(line)) == ["job", "kind", "payload", "unique_id"] for line in lines)
+    assert not database.exists()
+    for text in (output.read_text(), to_file.output, to_stdout.output):
+        assert IC_TOKEN not in text and KL_KEY not in text
+
+
+def test_wrong_intercom_token_exits_3_with_one_line_naming_the_variable(tmp_path: Path) -> None:
+    """An Intercom 401 is exit 3 and one line naming the env var; neither token nor traceback is printed."""
+    with sandboxes() as boxes:
+        config = write_config(tmp_path / "jobs.yaml", f"sqlite:///{tmp_path}/state.db", boxes.job())
+        result = invoke("--config", str(config), "-q", "run", env={IC_ENV: "wrong-token-9876"})
+    assert result.exit_code == 3
+    assert result.stderr == (
+        f"etl: error: job shop: Intercom rejected the credentials (401): set {IC_ENV} to a valid token "
+        "(Access Token Invalid)\n"
+    )
+    assert result.stdout == "" and "wrong-token-9876" not in result.output and IC_TOKEN not in result.output
+
+
+def test_one_failing_job_does_not_stop_the_others_and_the_exit_code_is_the_worst(tmp_path: Path) -> None:
+    """Three jobs: Intercom refuses the 1st (3), the 2nd succeeds, Klaviyo refuses the 3rd (4): exit 3, all ran."""
+    url = f"sqlite:///{tmp_path}/state.db"
+    with sandboxes() as boxes:
+        first, second, third = (boxes.job(name) for name in ("first", "second", "third"))
+        first = dataclasses.replace(first, intercom=dataclasses.replace(first.intercom, token_env="BAD_IC"))
+        third = dataclasses.replace(third, klaviyo=dataclasses.replace(third.klaviyo, api_key_env="BAD_KL"))
+        config = write_config(tmp_path / "jobs.yaml", url, first, second, third)
+        result = invoke("--config", str(config), "run", env={"BAD_IC": "nope-1234", "BAD_KL": "pk_nope_5678"})
+        assert result.exit_code == 3
+        errors = [line for line in result.stderr.splitlines() if line.startswith("etl: error:")]
+        assert errors == [
+            "etl: error: job first: Intercom rejected the credentials (401): set BAD_IC to a valid token "
+            "(Access Token Invalid)",
+            "etl: error: job third: Klaviyo rejected the credentials (401): set BAD_KL to a valid token "
+            "(Incorrect authentication credentials.)",
+        ]
+        assert "job second (incremental)" in result.stderr and "Traceback" not in result.output
+        assert "nope-1234" not in result.output and "pk_nope_5678" not in result.output
+    store = StateStore(url)
+    statuses = {r.job: r.status for r in store.runs(None, 10)}
+    store.close()
+    assert statuses == {"first": "failed", "second": "succeeded", "third": "failed"}
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so the run shows progress bars."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_on_a_tty_are_stopped_before_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a TTY each stream gets a bar; the bars are stopped when the job ends, so nothing keeps redrawing."""
+    monkeypatch.setenv(IC_ENV, IC_TOKEN)
+    stdout = sys.stdout
+    terminal = Terminal()
+    with sandboxes() as boxes:
+        code = run_jobs(settings(f"sqlite:///{tmp_path}/state.db", boxes.job()), [],
+                        RunOptions(dry_run=True, output=str(tmp_path / "out.ndjson")), stderr=terminal)  # fmt: skip
+    assert code == 0
+    assert sys.stdout is stdout  # rich's redirection of stdout is undone
+    assert not [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
+    assert "\njob shop (dry-run)\n" in text  # the summary starts on its own line, after the bars
+    final = text.split("\njob shop (dry-run)\n")[0].splitlines()[-3:]
+    assert [line.split()[0] for line in final] == list(STREAMS)
+    assert all(re.search(r" (\d+)/\1 ", line) for line in final)  # each bar shows done = total
+
+
+def test_demo_prints_what_was_sent_and_where_to_look_in_well_under_a_minute(tmp_path: Path) -> None:
+    """`etl demo` runs three times against the sandbox, prints events per metric and where to look, in < 30 s."""
+    started = time.perf_counter()
+    result = invoke("demo", "--workdir", str(tmp_path), env={DEMO_TOKEN_ENV: None, DEMO_KEY_ENV: None})
+    assert time.perf_counter() - started < 30
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    holds = out.split("Klaviyo (sandbox) now holds:\n")[1].split("\n\nWhere to look")[0].splitlines()
+    counted = [re.fullmatch(r"\s+(\d+)  (.+)", line) for line in holds]
+    metrics = {m[2]: int(m[1]) for m in counted if m and m[2] != "profiles"}
+    assert {"Created Conversation", "Created Ticket", "Replied to Conversation"} <= set(metrics)
+    assert any(m and m[2] == "profiles" and int(m[1]) > 0 for m in counted)
+    after = re.search(r"events after run 1: (\d+); after run 2: (\d+); after run 3: (\d+)", out)
+    assert after and int(after[1]) < int(after[2]) == int(after[3])  # run 3 saw no change and sent nothing
+    assert sum(metrics.values()) == int(after[3])
+    config = tmp_path / "jobs.yaml"
+    assert f"Where to look (the state database stays):\n  etl --config {config} runs\n" in out
+    runs = invoke("--config", str(config), "runs", "--json")
+    assert [json.loads(line)["status"] for line in runs.stdout.splitlines()] == ["succeeded"] * 3
