@@ -98,16 +98,6 @@ class IntercomHandler(SandboxHandler):
     """Routes, auth, version and rate-limit checks of the fake Intercom."""
 
     server: IntercomServer
-    _raw_body = b""
-
-    def _dispatch(self, method: str) -> None:
-        # read the body before any fault or early reply: an unread body left on a keep-alive connection
-        # would be parsed as the next request line
-        self._raw_body = super().read_body()
-        super()._dispatch(method)
-
-    def read_body(self) -> bytes:
-        return self._raw_body
 
     def error_body(self, status: int, code: str, message: str) -> dict[str, Any]:
         return _error(code, message)

@@ -62,6 +62,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: SandboxServer
     content_type: ClassVar[str] = "application/json"
+    _raw_body = b""
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the sandbox is used by tests and the demo; requests are recorded, not printed."""
