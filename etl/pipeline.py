@@ -341,8 +341,7 @@ class JobRun:
         for cid in wanted:
             if cid not in self.identities:
                 contact = self.contacts.get(cid)
-                found = contact_identity(contact, self.job.default_phone_region)[0] if contact else None
-                self.identities[cid] = found
+                self.identities[cid] = contact_identity(contact, self.job.default_phone_region)[0] if contact else None
             identity = self.identities[cid]
             if identity is not None:
                 identities[cid] = identity
