@@ -303,12 +303,12 @@ class StateStore:
         conn.execute(stmt, rows)
 
     def snapshot_counts(self, job: str) -> dict[str, int]:
+        """Snapshots per stream of one job."""
+        return self._count_by(snapshots, snapshots.c.stream, job)
+
+    def _count_by(self, table: sa.Table, column: sa.Column[Any], job: str) -> dict[str, int]:
         with self.transaction() as conn:
-            rows = conn.execute(
-                sa.select(snapshots.c.stream, sa.func.count())
-                .where(snapshots.c.job == job)
-                .group_by(snapshots.c.stream)
-            )
+            rows = conn.execute(sa.select(column, sa.func.count()).where(table.c.job == job).group_by(column))
             return {r[0]: r[1] for r in rows}
 
     # -- outbox -----------------------------------------------------------------------------------
@@ -414,13 +414,8 @@ class StateStore:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def outbox_counts(self, job: str) -> dict[str, int]:
-        with self.transaction() as conn:
-            rows = conn.execute(
-                sa.select(outbox.c.status, sa.func.count())
-                .where(outbox.c.job == job)
-                .group_by(outbox.c.status)
-            )
-            return {r[0]: r[1] for r in rows}
+        """Outbox items per status of one job."""
+        return self._count_by(outbox, outbox.c.status, job)
 
     def retry_failed(self, job: str) -> int:
         """Re-queue the job's failed items; returns how many."""
