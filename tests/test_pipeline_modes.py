@@ -1,0 +1,225 @@
+"""Run modes of `etl run` (issue 5): dry-run and backfill, over loopback HTTP on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from etl import logs
+from etl.errors import IntercomError
+from etl.models import RunOptions
+from etl.pipeline import JobRun, run_jobs
+from etl.state import StateStore, snapshots
+from tests.run_fixtures import (
+    IC_ENV,
+    IC_TOKEN,
+    KL_ENV,
+    KL_KEY,
+    START_DATE,
+    STREAMS,
+    T0,
+    canonical,
+    close,
+    dump,
+    events_posted,
+    in_window,
+    klaviyo_content,
+    outbox_rows,
+    sandboxes,
+    settings,
+)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """The `etl` logger writes JSON lines into a buffer the test reads; restored afterwards."""
+    logger = logging.getLogger(logs.LOGGER_NAME)
+    saved = logger.handlers[:], logger.propagate, logger.level
+    buffer = io.StringIO()
+    logs.configure("json", 0, stream=buffer)
+    yield buffer
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+
+
+@pytest.fixture
+def secrets_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tokens `run_jobs` reads, in the environment variables the job settings name."""
+    monkeypatch.setenv(IC_ENV, IC_TOKEN)
+    monkeypatch.setenv(KL_ENV, KL_KEY)
+
+
+def snapshot_ids(store: StateStore, job: str, stream: str) -> set[str]:
+    query = sa.select(snapshots.c.object_id).where(snapshots.c.job == job, snapshots.c.stream == stream)
+    with store.transaction() as conn:
+        return {row.object_id for row in conn.execute(query)}
+
+
+# -- dry-run ------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("secrets_env")
+def test_dry_run_writes_nothing_and_prints_exactly_what_a_real_run_queues(
+    db_url: str, tmp_path: Path, log_lines: io.StringIO
+) -> None:
+    """Before and after each of two dry-runs every table is identical, and its NDJSON is the next real run's outbox."""
+    with sandboxes() as boxes:
+        job = boxes.job()
+        posted: list[object] = []
+        for step in range(2):  # on an empty database, then on one with history and a changed workspace
+            before = dump(db_url)
+            output, stderr = tmp_path / f"dry-{step}.ndjson", io.StringIO()
+            code = run_jobs(
+                settings(db_url, job), [], RunOptions(dry_run=True, output=str(output)), stderr=stderr
+            )
+            assert code == 0, stderr.getvalue()
+            assert dump(db_url) == before
+            if step == 0:
+                assert before == {}  # no SQLite file was created, no PostgreSQL table
+            assert boxes.klaviyo.received == posted  # the dry-run sent nothing
+            lines = [json.loads(line) for line in output.read_text().splitlines()]
+            assert lines and all(list(line) == ["job", "kind", "payload", "unique_id"] for line in lines)
+            assert {line["job"] for line in lines} == {"shop"}
+            assert {line["kind"] for line in lines} == ({"event", "profile"} if step == 0 else {"event"})
+            assert "job shop (dry-run)" in stderr.getvalue()
+            for text in (output.read_text(), stderr.getvalue(), log_lines.getvalue()):
+                assert IC_TOKEN not in text and KL_KEY not in text
+
+            store = StateStore(db_url)
+            store.upgrade()
+            services = boxes.services(store)
+            real = JobRun(job, RunOptions(), services)
+            real.execute()
+            close(services)
+            queued = outbox_rows(store, "shop", run_id=real.run_id)
+            store.close()
+            assert {canonical(r["kind"], r["unique_id"], r["payload"]) for r in queued} == {
+                canonical(line["kind"], line["unique_id"], line["payload"]) for line in lines
+            }
+            assert len(queued) == len(lines)
+            posted = list(boxes.klaviyo.received)
+            boxes.workspace.advance(timedelta(minutes=30), activity=15)
+
+
+# -- backfill -----------------------------------------------------------------------------------------
+def test_backfill_reads_exactly_its_window_marks_backfill_and_keeps_watermarks(store: StateStore) -> None:
+    """A backfill stores snapshots of exactly the objects in [since, until), sends backfill=true, moves no watermark."""
+    since, until = T0 - timedelta(days=20), T0 - timedelta(days=5)
+    with sandboxes() as boxes:
+        job = boxes.job(flow_trigger_max_age=timedelta(days=365))  # no event is old enough to be backfill
+        marks = {s: T0 - timedelta(hours=h) for h, s in enumerate(STREAMS, 1)}
+        for stream, mark in marks.items():
+            store.set_watermark("shop", stream, mark, T0)
+        services = boxes.services(store)
+        report = JobRun(job, RunOptions(since=since, until=until), services, clock=boxes.clock).execute()
+        close(services)
+        for stream in STREAMS:
+            expected = in_window(boxes, stream, since, until)
+            assert expected and snapshot_ids(store, "shop", stream) == expected
+            assert report.counts[stream]["objects"] == len(expected)
+        assert store.watermarks("shop") == marks
+        events = boxes.klaviyo.events
+        assert len(events) == report.counts["_delivery"]["events_sent"] > 10
+        assert all(e.backfill for e in events)
+        # first sight reconstructs history since start_date, but nothing happened after the window's end
+        assert all(START_DATE <= datetime.fromisoformat(e.time) < until for e in events)
+        (run,) = store.runs("shop", 5)
+        assert (run.mode, run.status) == ("backfill", "succeeded")
+
+
+def test_interrupted_backfill_resumes_where_it_stopped_and_ends_like_an_uninterrupted_one(
+    store: StateStore,
+) -> None:
+    """A backfill cut off by Intercom mid-way continues from its recorded progress with fewer searches, same result."""
+    options = RunOptions(since=START_DATE, until=T0)
+    with sandboxes(klaviyos=2) as boxes:
+        reference = boxes.services(store, klaviyo=1)
+        first = len(boxes.intercom.server.requests)
+        JobRun(boxes.job("ref", klaviyo=1), options, reference, clock=boxes.clock).execute()
+        close(reference)
+        requests = boxes.intercom.server.requests[first:]
+        full = sum(1 for _, path in requests if path.endswith("/search"))
+        conversation_pages = [i for i, (_, path) in enumerate(requests) if path == "/conversations/search"]
+        assert len(conversation_pages) >= 4  # enough pages to stop in the middle
+
+        # the fake Intercom's budget runs out at the 3rd conversations page and its clock stands still:
+        # every retry gets a 429 until the client gives up
+        boxes.intercom_now[0] += 10
+        boxes.intercom.server.settings.rate_budget = conversation_pages[2]
+        job = boxes.job("shop")
+        services = boxes.services(store)
+        with pytest.raises(IntercomError) as failure:
+            JobRun(job, options, services, clock=boxes.clock).execute()
+        close(services)
+        assert str(failure.value) == (
+            "Intercom kept failing POST /conversations/search: 429 rate limited after 8 attempts; try again later"
+        )
+        assert failure.value.exit_code == 3
+        (failed,) = store.runs("shop", 5)
+        assert failed.status == "failed" and failed.window["contacts"]["done"] is True
+        assert (
+            failed.window["conversations"]["done"] is False and failed.window["conversations"]["resume_until"]
+        )
+        assert boxes.klaviyo.received == [] and outbox_rows(store, "shop", status="pending")
+
+        boxes.intercom_now[0] += 10
+        boxes.intercom.server.settings.rate_budget = 1_666
+        before = boxes.searches()
+        services = boxes.services(store)
+        JobRun(job, options, services, clock=boxes.clock).execute()
+        close(services)
+        resumed = boxes.searches() - before
+        assert 0 < resumed < full - 2  # contacts skipped, conversations continued, not restarted
+        searched = [path for _, path in boxes.intercom.server.requests if path.endswith("/search")][-resumed:]
+        assert searched[0] == "/conversations/search"  # contacts were done: not read again
+        assert klaviyo_content(boxes.klaviyo) == klaviyo_content(boxes.klaviyos[1])
+        assert klaviyo_content(boxes.klaviyo)[0]
+        assert store.watermarks("shop") == {}
+        assert outbox_rows(store, "shop", status="pending") == []
+        assert [r.status for r in store.runs("shop", 5)] == ["succeeded", "failed"]
+
+
+def test_replay_re_emits_unchanged_events_and_klaviyo_dedupes_them(store: StateStore) -> None:
+    """Re-running a backfill sends nothing; with replay it resends every event and Klaviyo keeps one of each."""
+    options = RunOptions(since=T0 - timedelta(days=20), until=T0)
+    with sandboxes() as boxes:
+        reports = []
+        for replay in (False, False, True):
+            services = boxes.services(store)
+            opts = RunOptions(since=options.since, until=options.until, replay=replay)
+            reports.append(JobRun(boxes.job(), opts, services, clock=boxes.clock).execute())
+            close(services)
+            if len(reports) == 1:
+                content, posted = klaviyo_content(boxes.klaviyo), events_posted(boxes.klaviyo)
+        first, again, replayed = (r.counts for r in reports)
+        events = sum(first[s].get("events", 0) for s in ("conversations", "tickets"))
+        assert events == first["_delivery"]["events_sent"] == posted > 0
+        assert sum(again[s].get("events", 0) for s in STREAMS) == 0 and "_delivery" not in again
+        assert sum(replayed[s].get("events", 0) for s in STREAMS) == events
+        assert replayed["_delivery"]["events_sent"] == events
+        assert events_posted(boxes.klaviyo) == 2 * posted
+        assert klaviyo_content(boxes.klaviyo) == content
+
+
+def test_streams_option_reads_and_advances_only_the_named_streams(store: StateStore) -> None:
+    """`streams=("tickets",)` searches no conversations, moves only the tickets watermark, counts only tickets."""
+    with sandboxes() as boxes:
+        services = boxes.services(store)
+        report = JobRun(boxes.job(), RunOptions(streams=("tickets",)), services, clock=boxes.clock).execute()
+        close(services)
+        paths = {path for _, path in boxes.intercom.server.requests}
+        assert "/tickets/search" in paths and "/conversations/search" not in paths
+        assert list(store.watermarks("shop")) == ["tickets"]
+        assert [k for k in report.counts if not k.startswith("_")] == ["tickets"]
+        assert snapshot_ids(store, "shop", "conversations") == set() and snapshot_ids(
+            store, "shop", "tickets"
+        )
+        assert {e.metric for e in boxes.klaviyo.events} <= {
+            "Created Ticket", "Submitted Ticket", "Replied to Ticket",
+            "Marked Ticket as Waiting on Customer", "Resolved Ticket",
+        }  # fmt: skip
