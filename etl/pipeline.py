@@ -40,6 +40,7 @@ log = logs.get_logger("pipeline")
 PROFILE_CHUNK = 30_000
 EVENT_CHUNK = 20_000
 CONTACT_CACHE_LIMIT = 5_000  # contacts remembered per run for identity lookups; memory stays flat
+RESUME_LOOKBACK_RUNS = 2_000  # runs searched for an unfinished backfill: a week of a 5-minute cron
 
 
 @dataclass
@@ -195,7 +196,8 @@ class JobRun:
         """The progress of an unfinished backfill of the same window, to continue where it stopped."""
         if self.options.since is None or self.options.until is None or self.store is None:
             return {}
-        for row in self.store.runs(self.job.name, 20):
+        # incremental runs from cron go on between a killed backfill and its re-run; look past them
+        for row in self.store.runs(self.job.name, RESUME_LOOKBACK_RUNS):
             window = row.window if isinstance(row.window, dict) else {}
             if row.mode != "backfill" or window.get("_backfill") != self._backfill_key():
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -13,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from etl import logs
+from etl.config import JobSettings
 from etl.errors import IntercomError
 from etl.models import RunOptions
 from etl.pipeline import JobRun, run_jobs
@@ -25,6 +27,7 @@ from tests.run_fixtures import (
     START_DATE,
     STREAMS,
     T0,
+    Sandboxes,
     canonical,
     close,
     dump,
@@ -132,47 +135,55 @@ def test_backfill_reads_exactly_its_window_marks_backfill_and_keeps_watermarks(s
         assert (run.mode, run.status) == ("backfill", "succeeded")
 
 
+def execute(
+    boxes: Sandboxes, store: StateStore, job: JobSettings, options: RunOptions, klaviyo: int = 0
+) -> None:
+    """One run of the job with fast clients, closed afterwards."""
+    services = boxes.services(store, klaviyo=klaviyo)
+    try:
+        JobRun(job, options, services, clock=boxes.clock).execute()
+    finally:
+        close(services)
+
+
+def cut_off_backfill(boxes: Sandboxes, store: StateStore, job: JobSettings, options: RunOptions) -> int:
+    """Run a backfill that Intercom stops at its 3rd conversations page; returns a full run's search count."""
+    first = len(boxes.intercom.server.requests)
+    execute(boxes, store, dataclasses.replace(job, name="ref"), options, klaviyo=len(boxes.klaviyos) - 1)
+    requests = boxes.intercom.server.requests[first:]
+    conversation_pages = [i for i, (_, path) in enumerate(requests) if path == "/conversations/search"]
+    assert len(conversation_pages) >= 4  # enough pages to stop in the middle
+    # the fake Intercom's budget runs out at the 3rd conversations page and its clock stands still:
+    # every retry gets a 429 until the client gives up
+    boxes.intercom_now[0] += 10
+    boxes.intercom.server.settings.rate_budget = conversation_pages[2]
+    with pytest.raises(IntercomError) as failure:
+        execute(boxes, store, job, options)
+    assert str(failure.value) == (
+        "Intercom kept failing POST /conversations/search: 429 rate limited after 8 attempts; try again later"
+    )
+    assert failure.value.exit_code == 3
+    boxes.intercom_now[0] += 10
+    boxes.intercom.server.settings.rate_budget = 1_666
+    return sum(1 for _, path in requests if path.endswith("/search"))
+
+
 def test_interrupted_backfill_resumes_where_it_stopped_and_ends_like_an_uninterrupted_one(
     store: StateStore,
 ) -> None:
     """A backfill cut off by Intercom mid-way continues from its recorded progress with fewer searches, same result."""
     options = RunOptions(since=START_DATE, until=T0)
     with sandboxes(klaviyos=2) as boxes:
-        reference = boxes.services(store, klaviyo=1)
-        first = len(boxes.intercom.server.requests)
-        JobRun(boxes.job("ref", klaviyo=1), options, reference, clock=boxes.clock).execute()
-        close(reference)
-        requests = boxes.intercom.server.requests[first:]
-        full = sum(1 for _, path in requests if path.endswith("/search"))
-        conversation_pages = [i for i, (_, path) in enumerate(requests) if path == "/conversations/search"]
-        assert len(conversation_pages) >= 4  # enough pages to stop in the middle
-
-        # the fake Intercom's budget runs out at the 3rd conversations page and its clock stands still:
-        # every retry gets a 429 until the client gives up
-        boxes.intercom_now[0] += 10
-        boxes.intercom.server.settings.rate_budget = conversation_pages[2]
         job = boxes.job("shop")
-        services = boxes.services(store)
-        with pytest.raises(IntercomError) as failure:
-            JobRun(job, options, services, clock=boxes.clock).execute()
-        close(services)
-        assert str(failure.value) == (
-            "Intercom kept failing POST /conversations/search: 429 rate limited after 8 attempts; try again later"
-        )
-        assert failure.value.exit_code == 3
+        full = cut_off_backfill(boxes, store, job, options)  # the uninterrupted "ref" went to Klaviyo no. 2
         (failed,) = store.runs("shop", 5)
         assert failed.status == "failed" and failed.window["contacts"]["done"] is True
-        assert (
-            failed.window["conversations"]["done"] is False and failed.window["conversations"]["resume_until"]
-        )
+        assert failed.window["conversations"]["done"] is False
+        assert failed.window["conversations"]["resume_until"]
         assert boxes.klaviyo.received == [] and outbox_rows(store, "shop", status="pending")
 
-        boxes.intercom_now[0] += 10
-        boxes.intercom.server.settings.rate_budget = 1_666
         before = boxes.searches()
-        services = boxes.services(store)
-        JobRun(job, options, services, clock=boxes.clock).execute()
-        close(services)
+        execute(boxes, store, job, options)
         resumed = boxes.searches() - before
         assert 0 < resumed < full - 2  # contacts skipped, conversations continued, not restarted
         searched = [path for _, path in boxes.intercom.server.requests if path.endswith("/search")][-resumed:]
@@ -182,6 +193,22 @@ def test_interrupted_backfill_resumes_where_it_stopped_and_ends_like_an_uninterr
         assert store.watermarks("shop") == {}
         assert outbox_rows(store, "shop", status="pending") == []
         assert [r.status for r in store.runs("shop", 5)] == ["succeeded", "failed"]
+
+
+def test_a_backfill_resumes_after_many_incremental_runs_in_between(store: StateStore) -> None:
+    """Cron's incremental runs between a cut-off backfill and its re-run do not make the backfill start over."""
+    options = RunOptions(since=START_DATE, until=T0)
+    with sandboxes() as boxes:
+        job = boxes.job("shop")
+        cut_off_backfill(boxes, store, job, options)
+        for _ in range(25):  # two hours of a cron schedule every five minutes
+            execute(boxes, store, job, RunOptions(streams=("tickets",)))
+        assert len(store.runs("shop", 100)) == 26
+        before = boxes.searches()
+        execute(boxes, store, job, options)
+        searched = [path for _, path in boxes.intercom.server.requests if path.endswith("/search")][before:]
+        assert searched[0] == "/conversations/search"  # contacts were done: not read again
+        assert store.runs("shop", 1)[0].window["contacts"]["done"] is True
 
 
 def test_replay_re_emits_unchanged_events_and_klaviyo_dedupes_them(store: StateStore) -> None:
