@@ -112,7 +112,9 @@ locks = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=False),
 )
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"  # a source checkout
+if not (MIGRATIONS_DIR / "env.py").exists():  # an installed wheel carries them as etl.migrations
+    MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 @dataclass(frozen=True)
