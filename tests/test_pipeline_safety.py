@@ -124,8 +124,12 @@ def test_a_rejected_profile_exits_6_is_failed_with_klaviyos_error_and_retry_requ
         contact = next(c for c in boxes.workspace.contacts.values() if "@" in (c.get("email") or ""))
         contact["custom_attributes"]["notes"] = "n" * 5_000  # fits our 100 KB check, not this account's 4 KB
         stderr = io.StringIO()
-        code = run_jobs(settings(db_url, boxes.job()), [], RunOptions(), stderr=stderr)
+        metrics = tmp_path / "etl.prom"
+        code = run_jobs(
+            settings(db_url, boxes.job()), [], RunOptions(metrics_file=str(metrics)), stderr=stderr
+        )
         assert code == 6
+        assert 'etl_items_rejected{job="shop"} 1.0\n' in metrics.read_text()
         assert stderr.getvalue().splitlines()[0] == (
             "etl: error: job shop: Klaviyo rejected 1 item(s); see `etl outbox shop --status failed`"
         )

@@ -151,7 +151,9 @@ def test_one_failing_job_does_not_stop_the_others_and_the_exit_code_is_the_worst
         first = dataclasses.replace(first, intercom=dataclasses.replace(first.intercom, token_env="BAD_IC"))
         third = dataclasses.replace(third, klaviyo=dataclasses.replace(third.klaviyo, api_key_env="BAD_KL"))
         config = write_config(tmp_path / "jobs.yaml", url, first, second, third)
-        result = invoke("--config", str(config), "run", env={"BAD_IC": "nope-1234", "BAD_KL": "pk_nope_5678"})
+        metrics = tmp_path / "etl.prom"
+        result = invoke("--config", str(config), "run", "--metrics-file", str(metrics),
+                        env={"BAD_IC": "nope-1234", "BAD_KL": "pk_nope_5678"})  # fmt: skip
         assert result.exit_code == 3
         errors = [line for line in result.stderr.splitlines() if line.startswith("etl: error:")]
         assert errors == [
@@ -166,6 +168,10 @@ def test_one_failing_job_does_not_stop_the_others_and_the_exit_code_is_the_worst
     statuses = {r.job: r.status for r in store.runs(None, 10)}
     store.close()
     assert statuses == {"first": "failed", "second": "succeeded", "third": "failed"}
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    failed = {s.labels["job"]: s.value for s in families["etl_run_failed"].samples}
+    assert failed == {"first": 1.0, "second": 0.0, "third": 1.0}
+    assert [s.labels["job"] for s in families["etl_last_success_timestamp_seconds"].samples] == ["second"]
 
 
 class Terminal(io.StringIO):
