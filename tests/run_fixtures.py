@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,12 +10,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from etl.config import IntercomSettings, JobSettings, KlaviyoSettings, Settings
+from etl.errors import IntercomError
 from etl.intercom import IntercomClient
 from etl.klaviyo import KlaviyoClient
-from etl.pipeline import Services
+from etl.models import RunOptions
+from etl.pipeline import JobRun, Services
 from etl.sandbox.generator import Workspace
 from etl.sandbox.intercom_server import IntercomSandbox
 from etl.sandbox.intercom_server import IntercomSettings as SandboxIntercomSettings
@@ -93,6 +97,40 @@ class Sandboxes:
     def searches(self) -> int:
         """POST …/search requests the fake Intercom has received so far."""
         return sum(1 for method, path in self.intercom.server.requests if path.endswith("/search"))
+
+
+def execute(
+    boxes: Sandboxes, store: StateStore, job: JobSettings, options: RunOptions, klaviyo: int = 0
+) -> None:
+    """One run of the job with fast clients, closed afterwards."""
+    services = boxes.services(store, klaviyo=klaviyo)
+    try:
+        JobRun(job, options, services, clock=boxes.clock).execute()
+    finally:
+        close(services)
+
+
+def cut_off(boxes: Sandboxes, store: StateStore, job: JobSettings, options: RunOptions) -> int:
+    """Run `job` (after an uncut run of its copy "ref" into the last Klaviyo) with Intercom refusing from its 3rd
+    conversations page on; returns how many searches the uncut run made."""
+    first = len(boxes.intercom.server.requests)
+    execute(boxes, store, dataclasses.replace(job, name="ref"), options, klaviyo=len(boxes.klaviyos) - 1)
+    requests = boxes.intercom.server.requests[first:]
+    conversation_pages = [i for i, (_, path) in enumerate(requests) if path == "/conversations/search"]
+    assert len(conversation_pages) >= 4  # enough pages to stop in the middle
+    # the fake Intercom's budget runs out at the 3rd conversations page and its clock stands still:
+    # every retry gets a 429 until the client gives up
+    boxes.intercom_now[0] += 10
+    boxes.intercom.server.settings.rate_budget = conversation_pages[2]
+    with pytest.raises(IntercomError) as failure:
+        execute(boxes, store, job, options)
+    assert str(failure.value) == (
+        "Intercom kept failing POST /conversations/search: 429 rate limited after 8 attempts; try again later"
+    )
+    assert failure.value.exit_code == 3
+    boxes.intercom_now[0] += 10
+    boxes.intercom.server.settings.rate_budget = 1_666
+    return sum(1 for _, path in requests if path.endswith("/search"))
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -14,8 +13,6 @@ import pytest
 import sqlalchemy as sa
 
 from etl import logs
-from etl.config import JobSettings
-from etl.errors import IntercomError
 from etl.models import RunOptions
 from etl.pipeline import JobRun, run_jobs
 from etl.state import StateStore, snapshots
@@ -27,11 +24,12 @@ from tests.run_fixtures import (
     START_DATE,
     STREAMS,
     T0,
-    Sandboxes,
     canonical,
     close,
+    cut_off,
     dump,
     events_posted,
+    execute,
     in_window,
     klaviyo_content,
     outbox_rows,
@@ -118,6 +116,11 @@ def test_backfill_reads_exactly_its_window_marks_backfill_and_keeps_watermarks(s
         marks = {s: T0 - timedelta(hours=h) for h, s in enumerate(STREAMS, 1)}
         for stream, mark in marks.items():
             store.set_watermark("shop", stream, mark, T0)
+        older = sorted(
+            o["id"] for o in boxes.workspace.tickets.values() if o["updated_at"] < since.timestamp()
+        )
+        boxes.workspace.touch("tickets", older[0], int(since.timestamp()))  # on the window's lower edge: in
+        boxes.workspace.touch("tickets", older[1], int(until.timestamp()))  # on its upper edge: out
         services = boxes.services(store)
         report = JobRun(job, RunOptions(since=since, until=until), services, clock=boxes.clock).execute()
         close(services)
@@ -125,6 +128,9 @@ def test_backfill_reads_exactly_its_window_marks_backfill_and_keeps_watermarks(s
             expected = in_window(boxes, stream, since, until)
             assert expected and snapshot_ids(store, "shop", stream) == expected
             assert report.counts[stream]["objects"] == len(expected)
+        assert older[0] in snapshot_ids(store, "shop", "tickets") and older[1] not in snapshot_ids(
+            store, "shop", "tickets"
+        )
         assert store.watermarks("shop") == marks
         events = boxes.klaviyo.events
         assert len(events) == report.counts["_delivery"]["events_sent"] > 10
@@ -135,39 +141,6 @@ def test_backfill_reads_exactly_its_window_marks_backfill_and_keeps_watermarks(s
         assert (run.mode, run.status) == ("backfill", "succeeded")
 
 
-def execute(
-    boxes: Sandboxes, store: StateStore, job: JobSettings, options: RunOptions, klaviyo: int = 0
-) -> None:
-    """One run of the job with fast clients, closed afterwards."""
-    services = boxes.services(store, klaviyo=klaviyo)
-    try:
-        JobRun(job, options, services, clock=boxes.clock).execute()
-    finally:
-        close(services)
-
-
-def cut_off_backfill(boxes: Sandboxes, store: StateStore, job: JobSettings, options: RunOptions) -> int:
-    """Run a backfill that Intercom stops at its 3rd conversations page; returns a full run's search count."""
-    first = len(boxes.intercom.server.requests)
-    execute(boxes, store, dataclasses.replace(job, name="ref"), options, klaviyo=len(boxes.klaviyos) - 1)
-    requests = boxes.intercom.server.requests[first:]
-    conversation_pages = [i for i, (_, path) in enumerate(requests) if path == "/conversations/search"]
-    assert len(conversation_pages) >= 4  # enough pages to stop in the middle
-    # the fake Intercom's budget runs out at the 3rd conversations page and its clock stands still:
-    # every retry gets a 429 until the client gives up
-    boxes.intercom_now[0] += 10
-    boxes.intercom.server.settings.rate_budget = conversation_pages[2]
-    with pytest.raises(IntercomError) as failure:
-        execute(boxes, store, job, options)
-    assert str(failure.value) == (
-        "Intercom kept failing POST /conversations/search: 429 rate limited after 8 attempts; try again later"
-    )
-    assert failure.value.exit_code == 3
-    boxes.intercom_now[0] += 10
-    boxes.intercom.server.settings.rate_budget = 1_666
-    return sum(1 for _, path in requests if path.endswith("/search"))
-
-
 def test_interrupted_backfill_resumes_where_it_stopped_and_ends_like_an_uninterrupted_one(
     store: StateStore,
 ) -> None:
@@ -175,7 +148,7 @@ def test_interrupted_backfill_resumes_where_it_stopped_and_ends_like_an_uninterr
     options = RunOptions(since=START_DATE, until=T0)
     with sandboxes(klaviyos=2) as boxes:
         job = boxes.job("shop")
-        full = cut_off_backfill(boxes, store, job, options)  # the uninterrupted "ref" went to Klaviyo no. 2
+        full = cut_off(boxes, store, job, options)  # the uninterrupted "ref" went to Klaviyo no. 2
         (failed,) = store.runs("shop", 5)
         assert failed.status == "failed" and failed.window["contacts"]["done"] is True
         assert failed.window["conversations"]["done"] is False
@@ -200,7 +173,7 @@ def test_a_backfill_resumes_after_many_incremental_runs_in_between(store: StateS
     options = RunOptions(since=START_DATE, until=T0)
     with sandboxes() as boxes:
         job = boxes.job("shop")
-        cut_off_backfill(boxes, store, job, options)
+        cut_off(boxes, store, job, options)
         for _ in range(25):  # two hours of a cron schedule every five minutes
             execute(boxes, store, job, RunOptions(streams=("tickets",)))
         assert len(store.runs("shop", 100)) == 26

@@ -21,7 +21,9 @@ from tests.run_fixtures import (
     KL_ENV,
     KL_KEY,
     close,
+    cut_off,
     events_posted,
+    execute,
     klaviyo_content,
     outbox_rows,
     sandboxes,
@@ -112,6 +114,23 @@ def test_klaviyo_down_keeps_watermarks_and_outbox_and_the_next_run_delivers_exac
         assert store.watermarks("shop") == store.watermarks("ref") != marks
         assert klaviyo_content(boxes.klaviyo) == klaviyo_content(boxes.klaviyos[1])
         assert events_posted(boxes.klaviyo) == len(boxes.klaviyo.events)  # no event was ever sent twice
+
+
+def test_intercom_failing_mid_run_loses_nothing_and_the_next_run_doubles_nothing(store: StateStore) -> None:
+    """An incremental run cut off by Intercom (exit 3) keeps its pages queued; the next run ends like an uncut one."""
+    with sandboxes(klaviyos=2) as boxes:
+        job = boxes.job("shop")
+        cut_off(boxes, store, job, RunOptions())  # the uncut "ref" went to Klaviyo no. 2
+        assert store.watermarks("shop") == {} and boxes.klaviyo.received == []
+        (failed,) = store.runs("shop", 5)
+        assert (
+            outbox_rows(store, "shop", status="pending") == outbox_rows(store, "shop", run_id=failed.id) != []
+        )
+        execute(boxes, store, job, RunOptions())
+        assert store.watermarks("shop") == store.watermarks("ref") != {}
+        assert outbox_rows(store, "shop", status="pending") == []
+        assert klaviyo_content(boxes.klaviyo) == klaviyo_content(boxes.klaviyos[1])
+        assert events_posted(boxes.klaviyo) == len(boxes.klaviyo.events) > 0  # no event was sent twice
 
 
 # -- rejections ---------------------------------------------------------------------------------------
