@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from etl import logs
 from etl.config import JobSettings, Settings, secrets_for
-from etl.errors import EtlError, ItemsRejected, worst_exit_code
+from etl.errors import EtlError, ItemsRejected, UsageError, worst_exit_code
 from etl.events import Context, diff
 from etl.intercom import IntercomClient
 from etl.klaviyo import KlaviyoClient, event_resource, profile_resource
@@ -462,7 +462,12 @@ def run_jobs(
     store = open_store(settings.database_url, dry_run=options.dry_run)
     sink_cm: Any = nullcontext(sys.stdout)
     if options.dry_run and options.output:
-        sink_cm = open(options.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        try:
+            sink_cm = open(options.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:  # the operator's path, not a bug: exit 2 before any work
+            if store is not None:
+                store.close()
+            raise UsageError(f"--output: cannot write {options.output}: {exc.strerror or exc}") from None
     codes: list[int] = []
     reports: list[tuple[RunReport, str]] = []
     try:
@@ -497,7 +502,13 @@ def run_jobs(
     finally:
         if store is not None:
             if options.metrics_file and not options.dry_run:
-                write_metrics(options.metrics_file, [r for r, _ in reports], store)
+                try:
+                    write_metrics(options.metrics_file, [r for r, _ in reports], store)
+                except OSError as exc:  # the operator's path, not a bug: one line, exit 2
+                    stderr.write(
+                        f"etl: error: --metrics-file: cannot write {options.metrics_file}: {exc.strerror or exc}\n"
+                    )
+                    codes.append(UsageError.exit_code)
             store.close()
     return worst_exit_code(codes)
 

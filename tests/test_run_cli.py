@@ -220,3 +220,24 @@ def test_demo_prints_what_was_sent_and_where_to_look_in_well_under_a_minute(tmp_
     assert f"Where to look (the state database stays):\n  etl --config {config} runs\n" in out
     runs = invoke("--config", str(config), "runs", "--json")
     assert [json.loads(line)["status"] for line in runs.stdout.splitlines()] == ["succeeded"] * 3
+
+
+def test_unwritable_output_or_metrics_file_is_a_usage_error_not_a_bug(tmp_path: Path) -> None:
+    """`--output` or `--metrics-file` in a missing folder: exit 2 and one line naming the flag, not "a bug"."""
+    missing = tmp_path / "missing"
+    with sandboxes() as boxes:
+        config = str(write_config(tmp_path / "jobs.yaml", f"sqlite:///{tmp_path}/state.db", boxes.job()))
+        dry = invoke("--config", config, "-q", "run", "--dry-run", "--output", str(missing / "out.ndjson"))
+        assert dry.exit_code == 2
+        assert dry.stderr == (
+            f"etl: error: --output: cannot write {missing / 'out.ndjson'}: No such file or directory\n"
+        )
+        assert boxes.intercom.server.requests == []  # refused before any work
+        metrics = invoke("--config", config, "-q", "run", "--metrics-file", str(missing / "etl.prom"),
+                         env={IC_ENV: "wrong-token-9876"})  # fmt: skip
+    assert metrics.exit_code == 2
+    assert metrics.stderr.splitlines() == [
+        f"etl: error: job shop: Intercom rejected the credentials (401): set {IC_ENV} to a valid token "
+        "(Access Token Invalid)",
+        f"etl: error: --metrics-file: cannot write {missing / 'etl.prom'}: No such file or directory",
+    ]
