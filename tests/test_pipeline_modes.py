@@ -82,7 +82,7 @@ def test_dry_run_writes_nothing_and_prints_exactly_what_a_real_run_queues(
             assert dump(db_url) == before
             if step == 0:
                 assert before == {}  # no SQLite file was created, no PostgreSQL table
-            assert boxes.klaviyo.received == posted  # the dry-run sent nothing
+            assert boxes.klaviyo.requests == posted  # the dry-run sent nothing
             lines = [json.loads(line) for line in output.read_text().splitlines()]
             assert lines and all(list(line) == ["job", "kind", "payload", "unique_id"] for line in lines)
             assert {line["job"] for line in lines} == {"shop"}
@@ -103,7 +103,7 @@ def test_dry_run_writes_nothing_and_prints_exactly_what_a_real_run_queues(
                 canonical(line["kind"], line["unique_id"], line["payload"]) for line in lines
             }
             assert len(queued) == len(lines)
-            posted = list(boxes.klaviyo.received)
+            posted = list(boxes.klaviyo.requests)
             boxes.workspace.advance(timedelta(minutes=30), activity=15)
 
 
@@ -153,7 +153,7 @@ def test_interrupted_backfill_resumes_where_it_stopped_and_ends_like_an_uninterr
         assert failed.status == "failed" and failed.window["contacts"]["done"] is True
         assert failed.window["conversations"]["done"] is False
         assert failed.window["conversations"]["resume_until"]
-        assert boxes.klaviyo.received == [] and outbox_rows(store, "shop", status="pending")
+        assert boxes.klaviyo.requests == [] and outbox_rows(store, "shop", status="pending")
 
         before = boxes.searches()
         execute(boxes, store, job, options)

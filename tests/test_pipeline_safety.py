@@ -57,7 +57,7 @@ def test_second_run_while_the_lease_is_held_exits_75_at_once(db_url: str, store:
             f"etl: error: job shop: job 'shop' is already running (lease held by {OTHER} until "
             f"{expires.isoformat()}); try again later\n"
         )
-        assert boxes.intercom.server.requests == [] and boxes.klaviyo.received == []
+        assert boxes.intercom.server.requests == [] and boxes.klaviyo.requests == []
         assert store.runs("shop", 5) == [] and store.lock_holder("shop") == (OTHER, expires)
 
 
@@ -121,7 +121,7 @@ def test_intercom_failing_mid_run_loses_nothing_and_the_next_run_doubles_nothing
     with sandboxes(klaviyos=2) as boxes:
         job = boxes.job("shop")
         cut_off(boxes, store, job, RunOptions())  # the uncut "ref" went to Klaviyo no. 2
-        assert store.watermarks("shop") == {} and boxes.klaviyo.received == []
+        assert store.watermarks("shop") == {} and boxes.klaviyo.requests == []
         (failed,) = store.runs("shop", 5)
         assert (
             outbox_rows(store, "shop", status="pending") == outbox_rows(store, "shop", run_id=failed.id) != []

@@ -121,7 +121,7 @@ def test_dry_run_prints_ndjson_to_output_or_stdout_and_creates_no_database(tmp_p
         assert to_file.stdout == "" and "job shop (dry-run)" in to_file.stderr
         to_stdout = invoke("--config", str(config), "run", "--dry-run")
         assert to_stdout.exit_code == 0, to_stdout.output
-        assert boxes.klaviyo.received == []
+        assert boxes.klaviyo.requests == []
     lines = output.read_text().splitlines()
     assert lines and to_stdout.stdout.splitlines() == lines
     assert all(sorted(json.loads(line)) == ["job", "kind", "payload", "unique_id"] for line in lines)
