@@ -81,6 +81,8 @@ def test_run_exits_0_with_summary_json_logs_metrics_file_and_run_history(tmp_pat
         for text in (result.output, repr(dump(url)), metrics.read_text()):
             assert IC_TOKEN not in text and KL_KEY not in text
         assert boxes.klaviyo.events
+        emails = {c["email"].strip().lower() for c in boxes.workspace.contacts.values() if c.get("email")}
+        assert emails and not [e for e in emails if e in result.stderr.lower()]  # no payload PII at INFO
 
     store = StateStore(url)
     (run,) = store.runs("shop", 5)
