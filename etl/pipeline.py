@@ -40,7 +40,7 @@ log = logs.get_logger("pipeline")
 PROFILE_CHUNK = 30_000
 EVENT_CHUNK = 20_000
 CONTACT_CACHE_LIMIT = 5_000  # contacts remembered per run for identity lookups; memory stays flat
-RESUME_LOOKBACK_RUNS = 2_000  # runs searched for an unfinished backfill: a week of a 5-minute cron
+RESUME_LOOKBACK_RUNS = 100  # backfill runs searched for an unfinished one of the same window and streams
 
 
 @dataclass
@@ -196,8 +196,8 @@ class JobRun:
         """The progress of an unfinished backfill of the same window, to continue where it stopped."""
         if self.options.since is None or self.options.until is None or self.store is None:
             return {}
-        # incremental runs from cron go on between a killed backfill and its re-run; look past them
-        for row in self.store.runs(self.job.name, RESUME_LOOKBACK_RUNS):
+        # only backfill runs: cron's incremental runs go on between a killed backfill and its re-run
+        for row in self.store.runs(self.job.name, RESUME_LOOKBACK_RUNS, mode="backfill"):
             window = row.window if isinstance(row.window, dict) else {}
             if row.mode != "backfill" or window.get("_backfill") != self._backfill_key():
                 continue

@@ -447,10 +447,12 @@ class StateStore:
         """Record a run's window progress inside the caller's (page) transaction."""
         conn.execute(sa.update(runs).where(runs.c.id == run_id).values(window=window))
 
-    def runs(self, job: str | None, limit: int) -> list[RunRow]:
+    def runs(self, job: str | None, limit: int, *, mode: str | None = None) -> list[RunRow]:
         query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
         if job:
             query = query.where(runs.c.job == job)
+        if mode:
+            query = query.where(runs.c.mode == mode)
         with self.transaction() as conn:
             return [
                 RunRow(r.id, r.job, r.mode, r.started_at, r.finished_at, r.status, _json(r.window),
