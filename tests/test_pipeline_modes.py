@@ -84,7 +84,7 @@ def test_dry_run_writes_nothing_and_prints_exactly_what_a_real_run_queues(
                 assert before == {}  # no SQLite file was created, no PostgreSQL table
             assert boxes.klaviyo.requests == posted  # the dry-run sent nothing
             lines = [json.loads(line) for line in output.read_text().splitlines()]
-            assert lines and all(list(line) == ["job", "kind", "payload", "unique_id"] for line in lines)
+            assert lines and all(sorted(line) == ["job", "kind", "payload", "unique_id"] for line in lines)
             assert {line["job"] for line in lines} == {"shop"}
             assert {line["kind"] for line in lines} == ({"event", "profile"} if step == 0 else {"event"})
             assert "job shop (dry-run)" in stderr.getvalue()
@@ -216,10 +216,9 @@ def test_streams_option_reads_and_advances_only_the_named_streams(store: StateSt
         assert "/tickets/search" in paths and "/conversations/search" not in paths
         assert list(store.watermarks("shop")) == ["tickets"]
         assert [k for k in report.counts if not k.startswith("_")] == ["tickets"]
-        assert snapshot_ids(store, "shop", "conversations") == set() and snapshot_ids(
-            store, "shop", "tickets"
+        assert snapshot_ids(store, "shop", "conversations") == set()
+        assert snapshot_ids(store, "shop", "tickets") == in_window(
+            boxes, "tickets", START_DATE, boxes.clock()
         )
-        assert {e.metric for e in boxes.klaviyo.events} <= {
-            "Created Ticket", "Submitted Ticket", "Replied to Ticket",
-            "Marked Ticket as Waiting on Customer", "Resolved Ticket",
-        }  # fmt: skip
+        metrics = {e.metric for e in boxes.klaviyo.events}
+        assert "Created Ticket" in metrics and all(m.endswith("Ticket") or "Ticket as" in m for m in metrics)
