@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from etl import logs
 from etl.config import JobSettings, Settings, secrets_for
-from etl.errors import EtlError, ItemsRejected, UsageError, worst_exit_code
+from etl.errors import EtlError, ItemsRejected, LockHeld, UsageError, worst_exit_code
 from etl.events import Context, diff
 from etl.intercom import IntercomClient
 from etl.klaviyo import KlaviyoClient, event_resource, profile_resource
@@ -60,6 +60,42 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
+class LeaseKeeper:
+    """Renews a lease from a background thread every third of its TTL while a run is alive.
+
+    Long waits (a Klaviyo import job, a storm of retries) can outlast the TTL; renewing between pages alone
+    would let a second run take over a live one. A lost lease is reported to the run at its next page.
+    """
+
+    def __init__(self, store: StateStore, name: str, owner: str, ttl: timedelta,
+                 clock: Callable[[], datetime]) -> None:  # fmt: skip
+        self.store, self.name, self.owner, self.ttl, self.clock = store, name, owner, ttl, clock
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease:{name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.ttl.total_seconds() / 3):
+            try:
+                self.store.renew_lock(self.name, self.owner, self.ttl, self.clock())
+            except LockHeld as exc:
+                self.lost = str(exc)
+                return
+            except EtlError as exc:  # a database hiccup: try again at the next beat, the lease still holds
+                log.warning(
+                    "could not renew the lease", extra={"fields": {"lease": self.name, "error": str(exc)}}
+                )
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise LockHeld(self.lost)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 class JobRun:
     """One run of one job. `execute()` returns the RunReport or raises an EtlError."""
 
@@ -90,24 +126,34 @@ class JobRun:
         self.profiled: set[str] = set()  # contact ids whose profile was queued this run
         self.emitted: set[tuple[str, str]] = set()  # dry-run: (kind, unique_id) already printed
         self.rejected = 0
-        self._renewed = time.monotonic()
+        self.lease: LeaseKeeper | None = None
+        # backfills hold a lease of their own window: slices of one backfill run side by side (an Indexed
+        # Job) and beside the incremental CronJob, while two runs of the same slice still exclude each other
+        self.lease_name = job.name if not options.backfill else f"{job.name}:backfill:{self._backfill_key()}"
 
     # -- the run --------------------------------------------------------------------------------------
     def execute(self) -> RunReport:
-        windows = self.open_windows()
+        lease = None
         if not self.dry:
             assert self.store is not None
-            self.store.acquire_lock(self.job.name, self.owner, self.job.lock_ttl, self.clock())
+            self.store.acquire_lock(self.lease_name, self.owner, self.job.lock_ttl, self.clock())
+            lease = self.lease = LeaseKeeper(
+                self.store, self.lease_name, self.owner, self.job.lock_ttl, self.clock
+            )
         try:
+            windows = self.open_windows()
             if not self.dry:
                 assert self.store is not None
                 self.run_id = self.store.start_run(self.job.name, self.mode, self.window_state, self.started)
             log.info("run started", extra={"fields": self._fields(windows=len(windows))})
             for window in windows:
                 self.read_stream(window)
-            if not self.dry:
+            if self.dry:
+                self.emit_backlog()
+            else:
                 self.deliver()
                 if not self.options.backfill:
+                    self.check_lease()
                     self.advance_watermarks(windows)
             self.finish("succeeded" if not self.rejected else "rejected", None)
         except EtlError as exc:
@@ -118,9 +164,11 @@ class JobRun:
             raise
         finally:
             self.progress.close()  # stop the bars and rich's stdout redirection before a summary or error line
-            if not self.dry and self.store is not None:
+            if lease is not None:
+                lease.stop()
                 try:
-                    self.store.release_lock(self.job.name, self.owner)
+                    assert self.store is not None
+                    self.store.release_lock(self.lease_name, self.owner)
                 except EtlError:
                     log.warning("could not release the lease; it expires by itself")
         return self.report
@@ -213,7 +261,7 @@ class JobRun:
         calls_before = self.intercom.stats.calls
         self.progress.start(stream)
         for page in self.intercom.pages(window):
-            self.renew_lease()
+            self.check_lease()
             self.report.add(stream, "pages")
             self.progress.advance(stream, len(page.objects), page.total_count)
             if page.objects:
@@ -343,7 +391,9 @@ class JobRun:
         for cid in wanted:
             if cid not in self.identities:
                 contact = self.contacts.get(cid)
-                self.identities[cid] = contact_identity(contact, self.job.default_phone_region)[0] if contact else None
+                self.identities[cid] = (
+                    contact_identity(contact, self.job.default_phone_region)[0] if contact else None
+                )
             identity = self.identities[cid]
             if identity is not None:
                 identities[cid] = identity
@@ -362,17 +412,27 @@ class JobRun:
             property_names=self.job.property_names,
         )
 
-    def emit(self, items: list[tuple[str, str, dict[str, Any]]]) -> None:
+    def emit(self, items: list[tuple[str, str, dict[str, Any]]], *, check_outbox: bool = True) -> None:
         """Dry-run: one NDJSON line per item that would be queued (and is not in the outbox already)."""
         assert self.sink is not None
         fresh = [(k, u, p) for k, u, p in items if (k, u) not in self.emitted]
-        if self.store is not None and fresh and not self.options.replay:
+        if self.store is not None and fresh and check_outbox and not self.options.replay:
             known = self.store.known_unique_ids(self.job.name, [(k, u) for k, u, _ in fresh])
             fresh = [(k, u, p) for k, u, p in fresh if (k, u) not in known]
         for kind, unique_id, payload in fresh:
             self.emitted.add((kind, unique_id))
             line = {"kind": kind, "job": self.job.name, "unique_id": unique_id, "payload": payload}
             self.sink.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+
+    def emit_backlog(self) -> None:
+        """Dry-run: the outbox items still pending from earlier runs go out with the next run too."""
+        if self.store is None:
+            return
+        for kind in ("profile", "event"):
+            after = 0
+            while items := self.store.pending(self.job.name, kind, limit=1_000, after_id=after):
+                self.emit([(i.kind, i.unique_id, dict(i.payload)) for i in items], check_outbox=False)
+                after = items[-1].id
 
     # -- delivery and watermarks ------------------------------------------------------------------------
     def deliver(self) -> None:
@@ -384,7 +444,7 @@ class JobRun:
         ):
             after = 0
             while items := self.store.pending(self.job.name, kind, limit=chunk, after_id=after):
-                self.renew_lease()
+                self.check_lease()
                 result = send(items)
                 self.store.mark_delivered(result.sent, result.failed, self.clock())
                 self.report.add("_delivery", f"{kind}s_sent", len(result.sent))
@@ -405,13 +465,10 @@ class JobRun:
             if seen is not None:
                 self.store.set_watermark(self.job.name, window.stream, min(seen, self.started), self.clock())
 
-    def renew_lease(self) -> None:
-        """Renew the lease every third of its TTL, so a live run is never taken over."""
-        if self.dry or self.store is None:
-            return
-        if time.monotonic() - self._renewed >= self.job.lock_ttl.total_seconds() / 3:
-            self.store.renew_lock(self.job.name, self.owner, self.job.lock_ttl, self.clock())
-            self._renewed = time.monotonic()
+    def check_lease(self) -> None:
+        """Stop (LockHeld, exit 75) if our lease was taken over: another run owns the job's state now."""
+        if self.lease is not None:
+            self.lease.check()
 
 
 # -- several jobs, from the command line ------------------------------------------------------------------
@@ -455,7 +512,7 @@ def run_jobs(
     """
     import sys
 
-    from etl.report import summary_table, write_metrics
+    from etl.report import write_metrics
 
     stderr = stderr or sys.stderr
     jobs = settings.select(names)
@@ -468,49 +525,65 @@ def run_jobs(
             if store is not None:
                 store.close()
             raise UsageError(f"--output: cannot write {options.output}: {exc.strerror or exc}") from None
+    results: list[tuple[RunReport, int]] = []
     codes: list[int] = []
-    reports: list[tuple[RunReport, str]] = []
     try:
         with sink_cm as sink:
             for job in jobs:
-                services: Services | None = None
-                try:
-                    services = build_services(job, store, options.dry_run)
-                    progress = Progress(enabled=stderr.isatty(), stream=stderr)
-                    job_run = JobRun(job, options, services, sink=sink, progress=progress)
-                    report = job_run.execute()
-                    reports.append((report, "succeeded"))
-                    codes.append(0)
-                    if job_run.rejected:
-                        rejected = ItemsRejected(
-                            f"Klaviyo rejected {job_run.rejected} item(s); "
-                            f"see `etl outbox {job.name} --status failed`"
-                        )
-                        stderr.write(f"etl: error: job {job.name}: {rejected}\n")
-                        codes[-1] = rejected.exit_code
-                except EtlError as exc:
-                    stderr.write(f"etl: error: job {job.name}: {logs.scrub(str(exc))}\n")
-                    codes.append(exc.exit_code)
-                    reports.append((RunReport(job.name, "incremental"), "failed"))
-                finally:
-                    if services is not None:
-                        services.intercom.close()
-                        if services.klaviyo is not None:
-                            services.klaviyo.close()
-                if reports[-1][1] == "succeeded":
-                    stderr.write(summary_table(reports[-1][0]) + "\n")
+                results.append(_run_one(job, store, options, sink, stderr))
     finally:
         if store is not None:
             if options.metrics_file and not options.dry_run:
                 try:
-                    write_metrics(options.metrics_file, [r for r, _ in reports], store)
+                    write_metrics(options.metrics_file, results, store)
                 except OSError as exc:  # the operator's path, not a bug: one line, exit 2
                     stderr.write(
                         f"etl: error: --metrics-file: cannot write {options.metrics_file}: {exc.strerror or exc}\n"
                     )
                     codes.append(UsageError.exit_code)
             store.close()
-    return worst_exit_code(codes)
+    return worst_exit_code([code for _, code in results] + codes)
+
+
+def _run_one(
+    job: JobSettings, store: StateStore | None, options: RunOptions, sink: TextIO, stderr: TextIO
+) -> tuple[RunReport, int]:
+    """One job for run_jobs: its report and exit code; every failure is one line on stderr, never a raise."""
+    from etl.report import summary_table
+
+    services: Services | None = None
+    job_run: JobRun | None = None
+    code = 0
+    try:
+        services = build_services(job, store, options.dry_run)
+        job_run = JobRun(
+            job, options, services, sink=sink, progress=Progress(enabled=stderr.isatty(), stream=stderr)
+        )
+        report = job_run.execute()
+        stderr.write(summary_table(report) + "\n")
+        if job_run.rejected:
+            rejected = ItemsRejected(
+                f"Klaviyo rejected {job_run.rejected} item(s); see `etl outbox {job.name} --status failed`"
+            )
+            stderr.write(f"etl: error: job {job.name}: {rejected}\n")
+            code = rejected.exit_code
+        return report, code
+    except EtlError as exc:
+        stderr.write(f"etl: error: job {job.name}: {logs.scrub(str(exc))}\n")
+        code = exc.exit_code
+    except Exception as exc:  # a bug in one job must not keep the others from running
+        log.exception("unexpected error", extra={"fields": {"job": job.name}})
+        stderr.write(
+            f"etl: error: job {job.name}: unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:200]}); "
+            "this is a bug, please report it\n"
+        )
+        code = 1
+    finally:
+        if services is not None:
+            services.intercom.close()
+            if services.klaviyo is not None:
+                services.klaviyo.close()
+    return (job_run.report if job_run is not None else RunReport(job.name, "incremental")), code
 
 
 def check_online(job: JobSettings) -> None:

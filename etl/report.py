@@ -95,7 +95,7 @@ def summary_table(report: RunReport) -> str:
     return "\n".join(lines)
 
 
-def write_metrics(path: str, reports: Sequence[RunReport], store: Any) -> None:
+def write_metrics(path: str, results: Sequence[tuple[RunReport, int]], store: Any) -> None:
     """Prometheus text format for node_exporter's textfile collector, written atomically."""
     from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
@@ -111,12 +111,12 @@ def write_metrics(path: str, reports: Sequence[RunReport], store: Any) -> None:
     rejected = Gauge(
         "etl_items_rejected", "Items Klaviyo rejected in the latest run", ["job"], registry=registry
     )
-    for report in reports:
-        latest = store.runs(report.job, 1)
+    for report, code in results:
         ok = store.last_run(report.job, "incremental", "succeeded")
         if ok is not None and ok.finished_at is not None:
             last_success.labels(report.job).set(ok.finished_at.timestamp())
-        failed.labels(report.job).set(1 if latest and latest[0].status == "failed" else 0)
+        # any exit but 0 and 6 (finished, some items rejected) is a failed run, also before it was recorded
+        failed.labels(report.job).set(0 if code in (0, 6) else 1)
         duration.labels(report.job).set(report.counts.get("_run", {}).get("duration_ms", 0) / 1000)
         delivery = report.counts.get("_delivery", {})
         rejected.labels(report.job).set(delivery.get("profiles_failed", 0) + delivery.get("events_failed", 0))

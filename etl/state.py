@@ -285,7 +285,11 @@ class StateStore:
         }
 
     def save_snapshots(self, conn: Connection, job: str, items: Sequence[Snapshot]) -> None:
-        """Upsert snapshots (one statement)."""
+        """Upsert snapshots (one statement); a stored snapshot newer than the one given is kept.
+
+        Runs of different leases (a backfill slice beside the incremental run) may read one object at
+        different moments: the older read must not replace the newer one.
+        """
         if not items:
             return
         rows = [
@@ -301,6 +305,7 @@ class StateStore:
                 "digest": stmt.excluded.digest,
                 "data": stmt.excluded.data,
             },
+            where=snapshots.c.updated_at <= stmt.excluded.updated_at,
         )
         conn.execute(stmt, rows)
 

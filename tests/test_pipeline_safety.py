@@ -149,7 +149,7 @@ def test_a_rejected_profile_exits_6_is_failed_with_klaviyos_error_and_retry_requ
         )
         assert code == 6
         assert 'etl_items_rejected{job="shop"} 1.0\n' in metrics.read_text()
-        assert stderr.getvalue().splitlines()[0] == (
+        assert stderr.getvalue().splitlines()[-1] == (
             "etl: error: job shop: Klaviyo rejected 1 item(s); see `etl outbox shop --status failed`"
         )
         (failed,) = outbox_rows(store, "shop", status="failed")

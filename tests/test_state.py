@@ -70,6 +70,15 @@ def test_snapshots_roundtrip_and_upsert(store: StateStore) -> None:
     assert store.snapshot_counts("j") == {"conversations": 2}
 
 
+def test_an_older_snapshot_never_replaces_a_newer_one(store: StateStore) -> None:
+    """Saving a snapshot older than the stored one keeps the stored one (concurrent backfill slices)."""
+    newer = Snapshot("tickets", "7", T0 + timedelta(hours=1), "new", {"v": 2})
+    with store.transaction() as conn:
+        store.save_snapshots(conn, "j", [newer])
+        store.save_snapshots(conn, "j", [Snapshot("tickets", "7", T0, "old", {"v": 1})])
+        assert store.load_snapshots(conn, "j", "tickets", ["7"])["7"].digest == "new"
+
+
 def test_outbox_dedupes_by_unique_id_and_tracks_status(store: StateStore) -> None:
     """Enqueueing the same unique_id twice keeps one row; sent/failed/retry move it through its states."""
     with store.transaction() as conn:
