@@ -54,6 +54,8 @@ def fit_properties(properties: Mapping[str, Any]) -> Fitted:
 
 def truncate_text(value: str, max_bytes: int = MAX_STRING_BYTES) -> str:
     """The longest prefix of `value` whose UTF-8 encoding fits in `max_bytes` (never splits a character)."""
+    if len(value) * 4 <= max_bytes:  # a character is at most 4 bytes: short strings need no encoding
+        return value
     encoded = value.encode("utf-8", "surrogatepass")
     if len(encoded) <= max_bytes:
         return value
