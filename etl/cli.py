@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ class EtlGroup(click.Group):
                 traceback.print_exc()
             _fail(f"unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:300]}); "
                   "this is a bug, please report it (run with -v for the traceback)", 1)  # fmt: skip
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -148,6 +153,8 @@ def run(obj: Cli, jobs: tuple[str, ...], dry_run: bool, output: str | None, sinc
     """
     from etl.pipeline import run_jobs
 
+    # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so the run is recorded and its lease released
+    signal.signal(signal.SIGTERM, _interrupt)
     options = _run_options(dry_run, output, since, until, replay, streams, metrics_file)
     code = run_jobs(obj.settings(), list(jobs), options)
     sys.exit(code)
@@ -214,7 +221,21 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
             check_online(job)
         click.echo(f"{job.name}: ok ({', '.join(job.streams)}; Intercom {job.intercom.base_url}, "
                    f"Klaviyo {job.klaviyo.base_url}{'; credentials accepted' if online else ''})")  # fmt: skip
-    click.echo(f"database: {redact_url(settings.database_url)}")
+    click.echo(f"database: {redact_url(settings.database_url)} ({_database_status(settings.database_url)})")
+
+
+def _database_status(url: str) -> str:
+    """Whether the state database exists and is at the newest revision (read-only; exit 5 if unreachable)."""
+    store = StateStore(url, read_only=True)
+    try:
+        if not store.exists():
+            return "not created yet: run `etl db upgrade`"
+        current, head = store.current_revision(), store.head_revision()
+        if current == head:
+            return f"revision {current}, up to date"
+        return f"revision {current or 'none'}, behind: run `etl db upgrade`"
+    finally:
+        store.close()
 
 
 # -- db ----------------------------------------------------------------------------------------------

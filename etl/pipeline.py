@@ -386,7 +386,11 @@ class JobRun:
                 found = self.intercom.lookup_contacts(unknown)
                 for cid in unknown:
                     raw = found.get(cid)
-                    self._remember_contact(cid, to_snapshot("contacts", raw) if raw is not None else None)
+                    survivor = to_snapshot("contacts", raw) if raw is not None else None
+                    self._remember_contact(cid, survivor)
+                    if survivor is not None and survivor.object_id != cid:
+                        # a merged contact: events name the survivor, whose profile is queued
+                        self._remember_contact(survivor.object_id, survivor)
         identities: dict[str, Identity] = {}
         for cid in wanted:
             if cid not in self.identities:

@@ -55,6 +55,20 @@ def test_check_passes_with_env_and_never_prints_secrets() -> None:
     assert "SECRET" not in result.output
 
 
+def test_check_reports_the_database_state(config: Path, db_url: str) -> None:
+    """`etl check` says whether the state database is behind, and up to date after `db upgrade`."""
+    env = {"IC_TOKEN": "t", "KL_KEY": "k"}
+    before = invoke("--config", str(config), "check", env=env)
+    assert before.exit_code == 0
+    expected = (
+        "not created yet: run `etl db upgrade`" if db_url.startswith("sqlite") else "revision none, behind"
+    )
+    assert expected in before.stdout.splitlines()[-1]
+    invoke("--config", str(config), "db", "upgrade")
+    after = invoke("--config", str(config), "check", env=env)
+    assert after.stdout.splitlines()[-1].endswith("(revision 0001, up to date)")
+
+
 def test_five_mistakes_one_line_exit_2_no_traceback(tmp_path: Path) -> None:
     """A jobs.yaml with five mistakes gives one line with all five, exit 2, and no traceback (real process)."""
     bad = tmp_path / "jobs.yaml"
