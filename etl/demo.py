@@ -21,7 +21,7 @@ from etl.config import load_settings
 from etl.models import RunOptions
 from etl.pipeline import run_jobs
 from etl.sandbox.generator import Workspace
-from etl.sandbox.intercom_server import IntercomSandbox
+from etl.sandbox.intercom_server import IntercomSandbox, serve_intercom
 from etl.sandbox.klaviyo_server import SANDBOX_API_KEY, KlaviyoServer
 from etl.sandbox.klaviyo_store import KlaviyoSettings
 
@@ -124,9 +124,10 @@ def serve_sandbox(
     seed: int, intercom_port: int, klaviyo_port: int, *, stop: threading.Event | None = None
 ) -> None:
     """Start both fake servers for manual use and block until Ctrl-C (or `stop` is set)."""
-    workspace = Workspace(seed=seed, start=datetime.now(UTC).replace(microsecond=0) - HISTORY,
-                          contacts=150, conversations=250, tickets=80)  # fmt: skip
-    intercom = IntercomSandbox(workspace, port=intercom_port).start()
+    start = datetime.now(UTC).replace(microsecond=0) - HISTORY
+    intercom = serve_intercom(
+        port=intercom_port, seed=seed, start=start, contacts=150, conversations=250, tickets=80
+    )
     klaviyo = KlaviyoServer(_fast_klaviyo(), port=klaviyo_port).start()
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
