@@ -7,6 +7,7 @@ Results go to stdout, logs and progress to stderr.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -408,10 +409,16 @@ def outbox_cmd(obj: Cli, args: tuple[str, ...], status: str | None, limit: int) 
 @click.option(
     "--workdir", metavar="DIR", help="Where to keep the demo's state database (default: a temp dir)."
 )
-def demo(seed: int, workdir: str | None) -> None:
-    """Run the whole job end to end against the built-in sandbox (no credentials needed)."""
+@click.pass_obj
+def demo(obj: Cli, seed: int, workdir: str | None) -> None:
+    """Run the whole job end to end against the built-in sandbox (no credentials needed).
+
+    Logs are kept to warnings (the summaries tell the story); -v shows the run's log lines too.
+    """
     from etl.demo import run_demo
 
+    if obj.verbosity <= 0:
+        logging.getLogger(logs.LOGGER_NAME).setLevel(logging.WARNING)
     sys.exit(run_demo(seed=seed, workdir=Path(workdir) if workdir else None))
 
 

@@ -63,25 +63,24 @@ class Progress:
             self._bars.stop()
 
 
+# (header, count keys summed) of the summary table; "queued" are new outbox rows (the rest were there already)
 SUMMARY_COLUMNS = (
-    "pages",
-    "objects",
-    "unchanged",
-    "events",
-    "profiles",
-    "skipped:no_identifier",
-    "api_calls",
+    ("pages", ("pages",)),
+    ("objects", ("objects",)),
+    ("unchanged", ("unchanged",)),
+    ("events", ("events",)),
+    ("profiles", ("profiles",)),
+    ("queued", ("queued:events", "queued:profiles")),
+    ("no_identifier", ("skipped:no_identifier",)),
+    ("api_calls", ("api_calls",)),
 )
 
 
 def summary_table(report: RunReport) -> str:
     """A plain-text table of one run's per-stream counts, plus delivery and API totals."""
-    header = [
-        "stream",
-        *[c.split(":")[-1] if c.startswith("skipped") else c.replace(":", " ") for c in SUMMARY_COLUMNS],
-    ]
+    header = ["stream", *[name for name, _ in SUMMARY_COLUMNS]]
     rows = [
-        [s, *[str(report.counts[s].get(c, 0)) for c in SUMMARY_COLUMNS]]
+        [s, *[str(sum(report.counts[s].get(k, 0) for k in keys)) for _, keys in SUMMARY_COLUMNS]]
         for s in STREAMS
         if s in report.counts
     ]
