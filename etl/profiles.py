@@ -6,6 +6,7 @@ Pure: no I/O. Counts returned beside results use the keys `dropped:invalid_email
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -44,6 +45,11 @@ def normalize_phone(value: Any, default_phone_region: str) -> str | None:
     candidate = text(value)
     if candidate is None:
         return None
+    return _e164(candidate, default_phone_region)
+
+
+@functools.lru_cache(maxsize=16_384)  # parsing costs ~0.3 ms; a contact's number is met again and again
+def _e164(candidate: str, default_phone_region: str) -> str | None:
     try:
         number = phonenumbers.parse(candidate, default_phone_region.upper() or None)
     except phonenumbers.NumberParseException:
