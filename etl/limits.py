@@ -27,10 +27,19 @@ class Fitted:
 
 def is_empty(value: Any) -> bool:
     """True for the values Klaviyo ignores: null, "", 0 and empty containers; never for a boolean."""
+    kind = type(value)
+    if kind is str:  # the common cases first, without the costly ABC checks
+        return value == ""
+    if kind is bool:
+        return False
+    if value is None:
+        return True
+    if kind is int or kind is float:
+        return value == 0
+    if kind is dict or kind is list or kind is tuple:
+        return len(value) == 0
     if isinstance(value, bool):
         return False
-    if value is None or value == "":
-        return True
     if isinstance(value, int | float):
         return value == 0
     return isinstance(value, Mapping | list | tuple) and len(value) == 0
@@ -71,6 +80,11 @@ class _Cutter:
 
     def cut(self, value: Any, depth: int) -> Any:
         """`value` at nesting level `depth` (the properties object itself is level 1)."""
+        kind = type(value)
+        if kind is str:
+            return self._text(value)
+        if value is None or kind is bool or kind is int or kind is float:
+            return value
         if isinstance(value, str):
             return self._text(value)
         if not isinstance(value, Mapping | list | tuple):
