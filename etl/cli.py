@@ -152,7 +152,7 @@ def run(obj: Cli, jobs: tuple[str, ...], dry_run: bool, output: str | None, sinc
       etl run shop --since 2026-01-01 --until 2026-02-01   backfill January
       etl run shop --dry-run --output audit.ndjson
     """
-    from etl.pipeline import run_jobs
+    from etl.runner import run_jobs
 
     # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so the run is recorded and its lease released
     signal.signal(signal.SIGTERM, _interrupt)
@@ -217,7 +217,7 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
         raise ConfigError(problems)
     for job in selected:
         if online:
-            from etl.pipeline import check_online
+            from etl.runner import check_online
 
             check_online(job)
         click.echo(f"{job.name}: ok ({', '.join(job.streams)}; Intercom {job.intercom.base_url}, "

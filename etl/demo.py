@@ -19,7 +19,7 @@ from typing import TextIO
 
 from etl.config import load_settings
 from etl.models import RunOptions
-from etl.pipeline import run_jobs
+from etl.runner import run_jobs
 from etl.sandbox.generator import Workspace
 from etl.sandbox.intercom_server import IntercomSandbox, serve_intercom
 from etl.sandbox.klaviyo_server import SANDBOX_API_KEY, KlaviyoServer

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
@@ -22,13 +21,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from etl import logs
-from etl.config import JobSettings, Settings, secrets_for
-from etl.errors import EtlError, ItemsRejected, LockHeld, UsageError, worst_exit_code
+from etl.config import JobSettings
+from etl.contacts import ContactBook
+from etl.errors import EtlError
 from etl.events import Context, diff
 from etl.intercom import IntercomClient
 from etl.klaviyo import KlaviyoClient, event_resource, profile_resource
-from etl.models import Admin, Identity, RunOptions, RunReport, Snapshot, Window
-from etl.profiles import contact_identity, to_profile
+from etl.lease import LeaseKeeper
+from etl.models import Admin, RunOptions, RunReport, Snapshot, Window
+from etl.profiles import to_profile
 from etl.report import Progress
 from etl.snapshots import referenced_contact_ids, to_snapshot
 from etl.state import StateStore
@@ -39,7 +40,6 @@ log = logs.get_logger("pipeline")
 # itself (a smaller chunk would add requests where bytes are the tighter limit); bounded, so memory is too.
 PROFILE_CHUNK = 30_000
 EVENT_CHUNK = 20_000
-CONTACT_CACHE_LIMIT = 5_000  # contacts remembered per run for identity lookups; memory stays flat
 RESUME_LOOKBACK_RUNS = 100  # backfill runs searched for an unfinished one of the same window and streams
 
 
@@ -58,42 +58,6 @@ def _utcnow() -> datetime:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
-
-
-class LeaseKeeper:
-    """Renews a lease from a background thread every third of its TTL while a run is alive.
-
-    Long waits (a Klaviyo import job, a storm of retries) can outlast the TTL; renewing between pages alone
-    would let a second run take over a live one. A lost lease is reported to the run at its next page.
-    """
-
-    def __init__(self, store: StateStore, name: str, owner: str, ttl: timedelta,
-                 clock: Callable[[], datetime]) -> None:  # fmt: skip
-        self.store, self.name, self.owner, self.ttl, self.clock = store, name, owner, ttl, clock
-        self.lost: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"lease:{name}", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.ttl.total_seconds() / 3):
-            try:
-                self.store.renew_lock(self.name, self.owner, self.ttl, self.clock())
-            except LockHeld as exc:
-                self.lost = str(exc)
-                return
-            except EtlError as exc:  # a database hiccup: try again at the next beat, the lease still holds
-                log.warning(
-                    "could not renew the lease", extra={"fields": {"lease": self.name, "error": str(exc)}}
-                )
-
-    def check(self) -> None:
-        if self.lost is not None:
-            raise LockHeld(self.lost)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 class JobRun:
@@ -121,8 +85,8 @@ class JobRun:
         self.run_id: int | None = None
         self.window_state: dict[str, Any] = {}
         self.max_seen: dict[str, datetime] = {}
-        self.contacts: dict[str, Snapshot | None] = {}  # contact id → (survivor's) snapshot, this run
-        self.identities: dict[str, Identity | None] = {}  # contact id → identity (phone parsing is costly)
+        self.contacts = ContactBook(job.default_phone_region, services.intercom.lookup_contacts)
+        self._admins: dict[str, Admin] | None = None  # admin id → admin, fetched once per run
         self.profiled: set[str] = set()  # contact ids whose profile was queued this run
         self.emitted: set[tuple[str, str]] = set()  # dry-run: (kind, unique_id) already printed
         self.rejected = 0
@@ -328,7 +292,7 @@ class JobRun:
         items: list[tuple[str, str, dict[str, Any]]] = []
         if stream == "contacts":
             for _, snap in changed:
-                self._remember_contact(snap.object_id, snap)
+                self.contacts.remember(snap.object_id, snap)
                 self._queue_profile(snap, items, stream, force=True)
             return items
         ctx = self.context([s for _, s in changed], conn)
@@ -341,7 +305,7 @@ class JobRun:
                 self.report.add(stream, "events")
                 self.report.add(stream, f"events:{event.metric}")
                 contact_id = event.identity.contact_id
-                contact = self.contacts.get(contact_id) if contact_id else None
+                contact = self.contacts.get(contact_id)
                 if contact is not None:
                     self._queue_profile(contact, items, stream)
         return items
@@ -366,49 +330,20 @@ class JobRun:
             items.append(("profile", profile.unique_id, profile_resource(profile)))
             self.report.add(stream, "profiles")
 
-    def _remember_contact(self, contact_id: str, snap: Snapshot | None) -> None:
-        if len(self.contacts) >= CONTACT_CACHE_LIMIT:
-            self.contacts.clear()  # a huge run forgets and looks up again rather than growing
-            self.identities.clear()
-        self.contacts[contact_id] = snap
-        self.identities.pop(contact_id, None)
-
     def context(self, snaps: list[Snapshot], conn: Any) -> Context:
         """The per-page Context: admins/teams/tags (once per run) and the identities of referenced contacts."""
         wanted = list(dict.fromkeys(cid for s in snaps for cid in referenced_contact_ids(s)))
-        missing = [cid for cid in wanted if cid not in self.contacts]
-        if missing:
-            stored = self._load(conn, "contacts", missing)
-            for cid, found_snap in stored.items():
-                self._remember_contact(cid, found_snap)
-            unknown = [cid for cid in missing if cid not in stored]
-            if unknown:
-                found = self.intercom.lookup_contacts(unknown)
-                for cid in unknown:
-                    raw = found.get(cid)
-                    survivor = to_snapshot("contacts", raw) if raw is not None else None
-                    self._remember_contact(cid, survivor)
-                    if survivor is not None and survivor.object_id != cid:
-                        # a merged contact: events name the survivor, whose profile is queued
-                        self._remember_contact(survivor.object_id, survivor)
-        identities: dict[str, Identity] = {}
-        for cid in wanted:
-            if cid not in self.identities:
-                contact = self.contacts.get(cid)
-                self.identities[cid] = (
-                    contact_identity(contact, self.job.default_phone_region)[0] if contact else None
-                )
-            identity = self.identities[cid]
-            if identity is not None:
-                identities[cid] = identity
+        identities = self.contacts.identities(wanted, lambda ids: self._load(conn, "contacts", ids))
+        if self._admins is None:
+            self._admins = {
+                k: Admin(name=v.get("name"), email=v.get("email")) for k, v in self.intercom.admins().items()
+            }
         return Context(
             start_date=self.job.start_date,
             flow_trigger_max_age=self.job.flow_trigger_max_age,
             run_started_at=self.started,
             backfill_run=self.options.backfill,
-            admins={
-                k: Admin(name=v.get("name"), email=v.get("email")) for k, v in self.intercom.admins().items()
-            },
+            admins=self._admins,
             teams=self.intercom.teams(),
             tags=self.intercom.tags(),
             contacts=identities,
@@ -473,131 +408,3 @@ class JobRun:
         """Stop (LockHeld, exit 75) if our lease was taken over: another run owns the job's state now."""
         if self.lease is not None:
             self.lease.check()
-
-
-# -- several jobs, from the command line ------------------------------------------------------------------
-def open_store(url: str, *, dry_run: bool) -> StateStore | None:
-    """The state store; in dry-run read-only, and None when the database does not exist or is empty."""
-    store = StateStore(url, read_only=dry_run)
-    if not dry_run:
-        store.ensure_schema()
-        return store
-    if not store.exists() or store.current_revision() is None:
-        store.close()
-        return None
-    store.check_schema()
-    return store
-
-
-def build_services(job: JobSettings, store: StateStore | None, dry_run: bool,
-                   environ: Mapping[str, str] | None = None) -> Services:  # fmt: skip
-    secrets = secrets_for(job, environ, klaviyo=not dry_run)
-    logs.register_secret(secrets.intercom_token)
-    logs.register_secret(secrets.klaviyo_api_key)
-    intercom = IntercomClient(
-        job.intercom.base_url, secrets.intercom_token, token_env=job.intercom.token_env,
-        version=job.intercom.version, per_page=job.intercom.per_page,
-    )  # fmt: skip
-    klaviyo = None
-    if not dry_run:
-        klaviyo = KlaviyoClient(
-            job.klaviyo.base_url, secrets.klaviyo_api_key, api_key_env=job.klaviyo.api_key_env,
-            revision=job.klaviyo.revision,
-        )  # fmt: skip
-    return Services(store, intercom, klaviyo)
-
-
-def run_jobs(
-    settings: Settings, names: list[str], options: RunOptions, *, stderr: TextIO | None = None
-) -> int:
-    """Run the named jobs (all when none) in order; one job's failure does not stop the others.
-
-    Returns the worst exit code. Each failure is printed as one line `etl: error: job X: …`.
-    """
-    import sys
-
-    from etl.report import write_metrics
-
-    stderr = stderr or sys.stderr
-    jobs = settings.select(names)
-    store = open_store(settings.database_url, dry_run=options.dry_run)
-    sink_cm: Any = nullcontext(sys.stdout)
-    if options.dry_run and options.output:
-        try:
-            sink_cm = open(options.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
-        except OSError as exc:  # the operator's path, not a bug: exit 2 before any work
-            if store is not None:
-                store.close()
-            raise UsageError(f"--output: cannot write {options.output}: {exc.strerror or exc}") from None
-    results: list[tuple[RunReport, int]] = []
-    codes: list[int] = []
-    try:
-        with sink_cm as sink:
-            for job in jobs:
-                results.append(_run_one(job, store, options, sink, stderr))
-    finally:
-        if store is not None:
-            if options.metrics_file and not options.dry_run:
-                try:
-                    write_metrics(options.metrics_file, results, store)
-                except OSError as exc:  # the operator's path, not a bug: one line, exit 2
-                    stderr.write(
-                        f"etl: error: --metrics-file: cannot write {options.metrics_file}: {exc.strerror or exc}\n"
-                    )
-                    codes.append(UsageError.exit_code)
-            store.close()
-    return worst_exit_code([code for _, code in results] + codes)
-
-
-def _run_one(
-    job: JobSettings, store: StateStore | None, options: RunOptions, sink: TextIO, stderr: TextIO
-) -> tuple[RunReport, int]:
-    """One job for run_jobs: its report and exit code; every failure is one line on stderr, never a raise."""
-    from etl.report import summary_table
-
-    services: Services | None = None
-    job_run: JobRun | None = None
-    code = 0
-    try:
-        services = build_services(job, store, options.dry_run)
-        job_run = JobRun(
-            job, options, services, sink=sink, progress=Progress(enabled=stderr.isatty(), stream=stderr)
-        )
-        report = job_run.execute()
-        stderr.write(summary_table(report) + "\n")
-        if job_run.rejected:
-            rejected = ItemsRejected(
-                f"Klaviyo rejected {job_run.rejected} item(s); see `etl outbox {job.name} --status failed`"
-            )
-            stderr.write(f"etl: error: job {job.name}: {rejected}\n")
-            code = rejected.exit_code
-        return report, code
-    except EtlError as exc:
-        stderr.write(f"etl: error: job {job.name}: {logs.scrub(str(exc))}\n")
-        code = exc.exit_code
-    except Exception as exc:  # a bug in one job must not keep the others from running
-        log.exception("unexpected error", extra={"fields": {"job": job.name}})
-        stderr.write(
-            f"etl: error: job {job.name}: unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:200]}); "
-            "this is a bug, please report it\n"
-        )
-        code = 1
-    finally:
-        if services is not None:
-            services.intercom.close()
-            if services.klaviyo is not None:
-                services.klaviyo.close()
-    return (job_run.report if job_run is not None else RunReport(job.name, "incremental")), code
-
-
-def check_online(job: JobSettings) -> None:
-    """Test both credentials against the APIs (one cheap read each)."""
-    services = build_services(job, None, dry_run=False)
-    try:
-        services.intercom.admins()
-        assert services.klaviyo is not None
-        services.klaviyo.check()
-    finally:
-        services.intercom.close()
-        if services.klaviyo is not None:
-            services.klaviyo.close()

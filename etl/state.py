@@ -1,7 +1,7 @@
-"""The state database: SQLAlchemy tables and the store. The only module that speaks SQL (DESIGN §3.3).
+"""The state store: watermarks, snapshots, outbox, runs and locks. The only code that queries the state
+database (DESIGN §3.3); its tables are in `etl.tables`, its migrations in `etl.schema`.
 
-SQLite by default, PostgreSQL in production; every statement here runs on both. Schema changes go through
-Alembic revisions in `migrations/`; a test proves these tables and the migrations agree.
+SQLite by default, PostgreSQL in production; every statement here runs on both.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,101 +20,20 @@ from sqlalchemy.engine import Connection, Engine
 
 from etl.errors import LockHeld, StateError
 from etl.models import OutboxItem, Snapshot
+from etl.schema import Migrations, describe_error, redact_url
+from etl.tables import locks, metadata, outbox, runs, snapshots, watermarks
 
-
-class UTCDateTime(sa.TypeDecorator[datetime]):
-    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (which has no time zones) and PostgreSQL."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the state store")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-JSONData = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-
-metadata = sa.MetaData()
-
-watermarks = sa.Table(
-    "watermarks",
-    metadata,
-    sa.Column("job", sa.String(200), primary_key=True),
-    sa.Column("stream", sa.String(40), primary_key=True),
-    sa.Column("value", UTCDateTime(), nullable=False),
-    sa.Column("updated_at", UTCDateTime(), nullable=False),
-)
-
-snapshots = sa.Table(
-    "snapshots",
-    metadata,
-    sa.Column("job", sa.String(200), primary_key=True),
-    sa.Column("stream", sa.String(40), primary_key=True),
-    sa.Column("object_id", sa.String(100), primary_key=True),
-    sa.Column("updated_at", UTCDateTime(), nullable=False),
-    sa.Column("digest", sa.String(64), nullable=False),
-    sa.Column("data", JSONData, nullable=False),
-)
-
-outbox = sa.Table(
-    "outbox",
-    metadata,
-    sa.Column(
-        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
-    ),
-    sa.Column("job", sa.String(200), nullable=False),
-    sa.Column("kind", sa.String(10), nullable=False),
-    sa.Column("unique_id", sa.String(500), nullable=False),
-    sa.Column("payload", JSONData, nullable=False),
-    sa.Column("status", sa.String(10), nullable=False, server_default="pending"),
-    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("last_error", sa.Text(), nullable=True),
-    sa.Column("created_at", UTCDateTime(), nullable=False),
-    sa.Column("sent_at", UTCDateTime(), nullable=True),
-    sa.Column("run_id", sa.Integer(), nullable=True),
-    sa.UniqueConstraint("job", "kind", "unique_id", name="uq_outbox_job_kind_unique_id"),
-    sa.CheckConstraint("kind IN ('event', 'profile')", name="ck_outbox_kind"),
-    sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name="ck_outbox_status"),
-    sa.Index("ix_outbox_job_status_id", "job", "status", "id"),
-)
-
-runs = sa.Table(
-    "runs",
-    metadata,
-    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-    sa.Column("job", sa.String(200), nullable=False),
-    sa.Column("mode", sa.String(20), nullable=False),
-    sa.Column("started_at", UTCDateTime(), nullable=False),
-    sa.Column("finished_at", UTCDateTime(), nullable=True),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("window", JSONData, nullable=True),
-    sa.Column("counts", JSONData, nullable=True),
-    sa.Column("error", sa.Text(), nullable=True),
-    sa.Index("ix_runs_job_id", "job", "id"),
-)
-
-locks = sa.Table(
+__all__ = [
+    "RunRow",
+    "StateStore",
     "locks",
-    metadata,
-    sa.Column("job", sa.String(200), primary_key=True),
-    sa.Column("owner", sa.String(200), nullable=False),
-    sa.Column("acquired_at", UTCDateTime(), nullable=False),
-    sa.Column("expires_at", UTCDateTime(), nullable=False),
-)
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"  # a source checkout
-if not (MIGRATIONS_DIR / "env.py").exists():  # an installed wheel carries them as etl.migrations
-    MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+    "metadata",
+    "outbox",
+    "redact_url",
+    "runs",
+    "snapshots",
+    "watermarks",
+]
 
 
 @dataclass(frozen=True)
@@ -130,22 +49,7 @@ class RunRow:
     error: str | None
 
 
-def redact_url(url: str) -> str:
-    """The database URL without its password, for messages."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<invalid database URL>"
-
-
-def _describe(exc: BaseException) -> str:
-    """A one-line description of a database error, never with its parameters (they may hold payload data)."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-
-
-class StateStore:
+class StateStore(Migrations):
     """Watermarks, snapshots, outbox, runs and locks of every job in one database."""
 
     def __init__(self, url: str, *, engine: Engine | None = None, read_only: bool = False) -> None:
@@ -155,7 +59,7 @@ class StateStore:
             if engine is None:
                 engine = _engine(url, read_only)
         except (sa.exc.ArgumentError, ImportError, sa.exc.NoSuchModuleError) as exc:
-            raise StateError(f"cannot use database {redact_url(url)}: {_describe(exc)}") from None
+            raise StateError(f"cannot use database {redact_url(url)}: {describe_error(exc)}") from None
         self.engine = engine
         self.dialect = engine.dialect.name
 
@@ -177,67 +81,10 @@ class StateStore:
             with self.engine.begin() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise StateError(f"state database {redact_url(self.url)} failed: {_describe(exc)}") from None
+            raise StateError(f"state database {redact_url(self.url)} failed: {describe_error(exc)}") from None
 
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
-
-    # -- schema -----------------------------------------------------------------------------------
-    def alembic_config(self) -> Any:
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        cfg.attributes["engine"] = self.engine
-        return cfg
-
-    def current_revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
-        try:
-            with self.engine.connect() as conn:
-                return MigrationContext.configure(conn).get_current_revision()
-        except sa.exc.SQLAlchemyError as exc:
-            raise StateError(
-                f"cannot reach state database {redact_url(self.url)}: {_describe(exc)}"
-            ) from None
-
-    def head_revision(self) -> str | None:
-        from alembic.script import ScriptDirectory
-
-        return ScriptDirectory.from_config(self.alembic_config()).get_current_head()
-
-    def upgrade(self) -> tuple[str | None, str | None]:
-        """Apply every pending migration; returns (before, after) revisions."""
-        from alembic import command
-
-        before = self.current_revision()
-        try:
-            command.upgrade(self.alembic_config(), "head")
-        except sa.exc.SQLAlchemyError as exc:
-            raise StateError(f"migrating {redact_url(self.url)} failed: {_describe(exc)}") from None
-        return before, self.current_revision()
-
-    def check_schema(self) -> None:
-        """StateError unless the schema is at head (read-only callers cannot upgrade)."""
-        current, head = self.current_revision(), self.head_revision()
-        if current != head:
-            raise StateError(
-                f"state database {redact_url(self.url)} is at revision {current or 'none (empty)'}, "
-                f"this etl needs {head}: run `etl db upgrade`"
-            )
-
-    def ensure_schema(self, *, auto_upgrade: bool | None = None) -> None:
-        """Make sure the schema is at head: upgrade SQLite silently, else ask the operator to migrate."""
-        current, head = self.current_revision(), self.head_revision()
-        if current == head:
-            return
-        if auto_upgrade is None:
-            auto_upgrade = self.dialect == "sqlite"
-        if auto_upgrade:
-            self.upgrade()
-            return
-        self.check_schema()
 
     # -- watermarks -------------------------------------------------------------------------------
     def watermarks(self, job: str) -> dict[str, datetime]:

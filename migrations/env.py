@@ -7,7 +7,7 @@ import os
 import sqlalchemy as sa
 from alembic import context
 
-from etl.state import metadata
+from etl.tables import metadata
 
 config = context.config
 target_metadata = metadata

@@ -11,7 +11,8 @@ import pytest
 
 from etl.errors import KlaviyoError, LockHeld
 from etl.models import RunOptions
-from etl.pipeline import JobRun, LeaseKeeper
+from etl.lease import LeaseKeeper
+from etl.pipeline import JobRun
 from etl.state import StateStore
 from tests.run_fixtures import START_DATE, T0, close, execute, outbox_rows, sandboxes
 

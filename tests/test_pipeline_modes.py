@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from etl import logs
 from etl.models import RunOptions
-from etl.pipeline import JobRun, run_jobs
+from etl.pipeline import JobRun
+from etl.runner import run_jobs
 from etl.state import StateStore, snapshots
 from tests.run_fixtures import (
     IC_ENV,

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from etl.cli import cli
 from etl.errors import KlaviyoError
 from etl.models import RunOptions
-from etl.pipeline import JobRun, run_jobs
+from etl.pipeline import JobRun
+from etl.runner import run_jobs
 from etl.state import StateStore
 from tests.run_fixtures import (
     IC_ENV,

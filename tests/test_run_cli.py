@@ -22,7 +22,7 @@ from etl import logs
 from etl.cli import cli
 from etl.demo import DEMO_KEY_ENV, DEMO_TOKEN_ENV
 from etl.models import RunOptions
-from etl.pipeline import run_jobs
+from etl.runner import run_jobs
 from etl.state import StateStore
 from tests.run_fixtures import (
     IC_ENV,

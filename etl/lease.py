@@ -1,0 +1,49 @@
+"""The lease that keeps one run per job (DESIGN §7), renewed in the background while the run lives."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from etl import logs
+from etl.errors import EtlError, LockHeld
+from etl.state import StateStore
+
+log = logs.get_logger("lease")
+
+
+class LeaseKeeper:
+    """Renews a lease from a background thread every third of its TTL while a run is alive.
+
+    Long waits (a Klaviyo import job, a storm of retries) can outlast the TTL; renewing between pages alone
+    would let a second run take over a live one. A lost lease is reported to the run at its next page.
+    """
+
+    def __init__(self, store: StateStore, name: str, owner: str, ttl: timedelta,
+                 clock: Callable[[], datetime]) -> None:  # fmt: skip
+        self.store, self.name, self.owner, self.ttl, self.clock = store, name, owner, ttl, clock
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease:{name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.ttl.total_seconds() / 3):
+            try:
+                self.store.renew_lock(self.name, self.owner, self.ttl, self.clock())
+            except LockHeld as exc:
+                self.lost = str(exc)
+                return
+            except EtlError as exc:  # a database hiccup: try again at the next beat, the lease still holds
+                log.warning(
+                    "could not renew the lease", extra={"fields": {"lease": self.name, "error": str(exc)}}
+                )
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise LockHeld(self.lost)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

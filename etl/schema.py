@@ -1,0 +1,97 @@
+"""The state database's schema: Alembic revisions applied, checked and reported (`etl db upgrade|current`).
+
+Schema changes go only through revisions in `migrations/`; a test proves the tables and the migrations agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from etl.errors import StateError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"  # a source checkout
+if not (MIGRATIONS_DIR / "env.py").exists():  # an installed wheel carries them as etl.migrations
+    MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def redact_url(url: str) -> str:
+    """The database URL without its password, for messages."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<invalid database URL>"
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of a database error, never with its parameters (they may hold payload data)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+class Migrations:
+    """Schema operations of a state store; `StateStore` provides `engine`, `url` and `dialect`."""
+
+    engine: Engine
+    url: str
+    dialect: str
+
+    def alembic_config(self) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["engine"] = self.engine
+        return cfg
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        try:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StateError(
+                f"cannot reach state database {redact_url(self.url)}: {describe_error(exc)}"
+            ) from None
+
+    def head_revision(self) -> str | None:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self.alembic_config()).get_current_head()
+
+    def upgrade(self) -> tuple[str | None, str | None]:
+        """Apply every pending migration; returns (before, after) revisions."""
+        from alembic import command
+
+        before = self.current_revision()
+        try:
+            command.upgrade(self.alembic_config(), "head")
+        except sa.exc.SQLAlchemyError as exc:
+            raise StateError(f"migrating {redact_url(self.url)} failed: {describe_error(exc)}") from None
+        return before, self.current_revision()
+
+    def check_schema(self) -> None:
+        """StateError unless the schema is at head (read-only callers cannot upgrade)."""
+        current, head = self.current_revision(), self.head_revision()
+        if current != head:
+            raise StateError(
+                f"state database {redact_url(self.url)} is at revision {current or 'none (empty)'}, "
+                f"this etl needs {head}: run `etl db upgrade`"
+            )
+
+    def ensure_schema(self, *, auto_upgrade: bool | None = None) -> None:
+        """Make sure the schema is at head: upgrade SQLite silently, else ask the operator to migrate."""
+        current, head = self.current_revision(), self.head_revision()
+        if current == head:
+            return
+        if auto_upgrade is None:
+            auto_upgrade = self.dialect == "sqlite"
+        if auto_upgrade:
+            self.upgrade()
+            return
+        self.check_schema()
