@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from etl.errors import KlaviyoError, LockHeld
-from etl.models import RunOptions
 from etl.lease import LeaseKeeper
+from etl.models import RunOptions
 from etl.pipeline import JobRun
 from etl.state import StateStore
 from tests.run_fixtures import START_DATE, T0, close, execute, outbox_rows, sandboxes
