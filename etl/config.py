@@ -22,7 +22,9 @@ import phonenumbers
 import yaml
 
 from etl.errors import ConfigError
+from etl.events import EVENT_PROPERTY_KEYS
 from etl.models import STREAMS
+from etl.profiles import PROFILE_PROPERTY_KEYS
 
 DEFAULT_DATABASE_URL = "sqlite:///etl-state.db"
 DEFAULT_METRIC_NAMES = (
@@ -36,6 +38,7 @@ DEFAULT_METRIC_NAMES = (
     "Marked Ticket as Waiting on Customer",
     "Resolved Ticket",
 )
+PROPERTY_KEYS = (*EVENT_PROPERTY_KEYS, *PROFILE_PROPERTY_KEYS)  # what property_names may rename
 MAX_PER_PAGE = 150  # Intercom search: per_page maximum (spec 2.16, StartingAfterPaging)
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -244,7 +247,9 @@ def _names(value: Any, path: str, out: _Collector, allowed: tuple[str, ...] | No
     result: dict[str, str] = {}
     for key, name in table.items():
         if allowed is not None and key not in allowed:
-            out.add(f"{path}.{key}", f"unknown name; expected one of: {', '.join(allowed)}")
+            hint = _closest(str(key), allowed)
+            out.add(f"{path}.{key}", f"unknown name (did you mean {hint!r}?)" if hint
+                    else f"unknown name; expected one of: {', '.join(allowed)}")  # fmt: skip
         elif not isinstance(name, str) or not name.strip():
             out.add(f"{path}.{key}", f"expected a non-empty string, got {name!r}")
         else:
@@ -327,7 +332,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
         ),
         default_phone_region=region.upper(),
         metric_names=_names(body.get("metric_names"), f"{path}.metric_names", out, DEFAULT_METRIC_NAMES),
-        property_names=_names(body.get("property_names"), f"{path}.property_names", out, None),
+        property_names=_names(body.get("property_names"), f"{path}.property_names", out, PROPERTY_KEYS),
         lock_ttl=out.convert(body.get("lock_ttl", "10m"), f"{path}.lock_ttl", parse_duration, timedelta(0)),
     )
     if "lock_ttl" in body and job.lock_ttl < timedelta(seconds=30):

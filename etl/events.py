@@ -38,6 +38,14 @@ METRICS = (  # Klaviyo's native Intercom integration names them so; existing flo
     WAITING_TICKET,
     RESOLVED_TICKET,
 )
+EVENT_PROPERTY_KEYS = (  # DESIGN §4.2: every default key an event can carry (property_names may rename them)
+    "email", "phone_number", "Title", "Snoozed Until", "Waiting Since", "Priority", "Assigned Team",
+    "Assigned Admin Name", "Assigned Admin Email", "Tags", "Conversation Rating", "Conversation Source",
+    "Conversation Delivered As", "Conversation Parts Count", "SLA Status", "Reopen Count", "Assignment Count",
+    "Custom Attributes", "Conversation ID", "Category", "Ticket Parts Count", "Ticket ID", "Ticket Type",
+    "Ticket Name", "Ticket Description", "Is Shared", "Contact Email", "Contact Phone", "Team Name",
+    "Admin Name", "Admin Email",
+)  # fmt: skip
 STATE_METRICS = {  # ticket_state.category → metric; in_progress raises none
     "submitted": SUBMITTED_TICKET,
     "waiting_on_customer": WAITING_TICKET,

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from etl.config import load_settings, parse_duration, parse_settings, parse_timestamp, secrets_for
+from etl.config import (
+    PROPERTY_KEYS,
+    load_settings,
+    parse_duration,
+    parse_settings,
+    parse_timestamp,
+    secrets_for,
+)
 from etl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,9 +92,15 @@ def test_unset_env_var_is_reported_with_its_path() -> None:
          "jobs.shop.start_date: expected an ISO 8601 timestamp or date like 2026-01-01T00:00:00Z, got 'soon'"),
         ("lookback: 1h30m", "lookbak: 1h", "jobs.shop.lookbak: unknown key (did you mean 'lookback'?)"),
         ("{Created Ticket: Ticket Opened}", "{Created Tickets: X}",
-         "jobs.shop.metric_names.Created Tickets: unknown name; expected one of: Created Conversation, "
+         "jobs.shop.metric_names.Created Tickets: unknown name (did you mean 'Created Ticket'?)"),
+        ("{Created Ticket: Ticket Opened}", "{Opened: X}",
+         "jobs.shop.metric_names.Opened: unknown name; expected one of: Created Conversation, "
          "Rated Conversation, Read Conversation, Replied to Conversation, Created Ticket, Submitted Ticket, "
          "Replied to Ticket, Marked Ticket as Waiting on Customer, Resolved Ticket"),
+        ("metric_names: {Created Ticket: Ticket Opened}", "property_names: {Ticket Id: id}",
+         "jobs.shop.property_names.Ticket Id: unknown name (did you mean 'Ticket ID'?)"),
+        ("metric_names: {Created Ticket: Ticket Opened}", "property_names: {Colour: id}",
+         "jobs.shop.property_names.Colour: unknown name; expected one of: " + ", ".join(PROPERTY_KEYS)),
         ("token_env: IC_TOKEN", "token_env: ic token",
          "jobs.shop.intercom.token_env: expected an environment variable name like INTERCOM_ACCESS_TOKEN, "
          "got 'ic token'"),

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from etl.events import diff
+from etl.events import EVENT_PROPERTY_KEYS, diff
 from etl.models import Identity
 from etl.snapshots import to_snapshot
 from tests.pure_fixtures import RUN, advanced, contact, context, conversation, part, ticket, ts
@@ -27,6 +27,11 @@ RESOLVED_KEYS = [
     "Contact Email", "Contact Phone", "Category", "Team Name", "Admin Name", "Admin Email", "Ticket ID",
     "Ticket Name", "Ticket Description", "Is Shared",
 ]  # fmt: skip
+
+
+def test_the_documented_key_list_is_every_key_events_use():
+    """EVENT_PROPERTY_KEYS (what jobs.yaml may rename) is exactly the union of the §4.2 key lists."""
+    assert set(EVENT_PROPERTY_KEYS) == set(CONVERSATION_KEYS) | set(TICKET_KEYS) | set(RESOLVED_KEYS)
 
 
 def first_sight(stream: str, raw: dict, **ctx_overrides):
