@@ -128,6 +128,7 @@ class HttpClient:
         headers: Mapping[str, str],
         error_class: type[EtlError],
         secret_env: str,
+        credential: str = "token",  # what the variable holds, for messages ("token", "private API key")
         secrets: Collection[str] = (),
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         max_attempts: int = MAX_ATTEMPTS,
@@ -139,6 +140,7 @@ class HttpClient:
         self.base_url = base_url.rstrip("/")
         self.error_class = error_class
         self.secret_env = secret_env
+        self.credential = credential
         self.secrets = tuple(s for s in secrets if s)
         self.timeout = timeout
         self.max_attempts = max_attempts
@@ -262,12 +264,12 @@ class HttpClient:
         detail = redact(error_detail(response), self.secrets)
         if status == 401:
             return (
-                f"{self.service} rejected the credentials (401): set {self.secret_env} to a valid token"
+                f"{self.service} rejected the credentials (401): set {self.secret_env} to a valid {self.credential}"
                 + (f" ({detail})" if detail else "")
             )
         if status == 403:
             return (
-                f"{self.service} refused access (403) to {method} {path}: give the token in "
+                f"{self.service} refused access (403) to {method} {path}: give the {self.credential} in "
                 f"{self.secret_env} the scopes this job needs" + (f" ({detail})" if detail else "")
             )
         return f"{self.service} rejected {method} {path} ({status})" + (f": {detail}" if detail else "")

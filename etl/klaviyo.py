@@ -154,6 +154,7 @@ class KlaviyoClient:
             },
             error_class=KlaviyoError,
             secret_env=api_key_env,
+            credential="private API key",
             secrets=(api_key,),
             sleep=sleep,
             clock=clock,

@@ -206,7 +206,7 @@ def test_a_rejected_key_stops_delivery_with_exit_code_4_and_no_retry() -> None:
         assert klaviyo.count("POST", EVENTS) == 1
     assert raised.value.exit_code == 4
     assert str(raised.value) == (
-        "Klaviyo rejected the credentials (401): set KLAVIYO_API_KEY to a valid token "
+        "Klaviyo rejected the credentials (401): set KLAVIYO_API_KEY to a valid private API key "
         "(Incorrect authentication credentials.)"
     )
 
@@ -235,7 +235,7 @@ def test_check_reads_once_with_a_good_key_and_names_the_env_var_with_a_bad_one()
             writer.check()
         assert [(r.method, r.status) for r in klaviyo.received] == [("GET", 200), ("GET", 403)]
     assert str(raised.value).startswith(
-        "Klaviyo refused access (403) to GET /api/profile-bulk-import-jobs: give the token in KLAVIYO_API_KEY "
+        "Klaviyo refused access (403) to GET /api/profile-bulk-import-jobs: give the private API key in KLAVIYO_API_KEY "
         "the scopes this job needs (This API key is missing required scopes: lists:read, profiles:read.)"
     )
 

@@ -161,7 +161,7 @@ def test_one_failing_job_does_not_stop_the_others_and_the_exit_code_is_the_worst
         assert errors == [
             "etl: error: job first: Intercom rejected the credentials (401): set BAD_IC to a valid token "
             "(Access Token Invalid)",
-            "etl: error: job third: Klaviyo rejected the credentials (401): set BAD_KL to a valid token "
+            "etl: error: job third: Klaviyo rejected the credentials (401): set BAD_KL to a valid private API key "
             "(Incorrect authentication credentials.)",
         ]
         assert "job second (incremental)" in result.stderr and "Traceback" not in result.output
