@@ -287,14 +287,18 @@ def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
     store = obj.store()
     for job in settings.select(list(jobs)):
         marks, snaps = store.watermarks(job.name), store.snapshot_counts(job.name)
-        backlog, lock = store.outbox_counts(job.name), store.lock_holder(job.name)
+        backlog, leases = store.outbox_counts(job.name), store.leases(job.name)
         click.echo(f"job {job.name}")
         rows = [[s, _stamp(marks.get(s)), str(snaps.get(s, 0))] for s in job.streams]
         click.echo(textwrap.indent(_table(rows, ["stream", "watermark", "snapshots"]), "  "))
         click.echo(
             "  outbox: " + ", ".join(f"{backlog.get(k, 0)} {k}" for k in ("pending", "failed", "sent"))
         )
-        click.echo(f"  lock: {'held by ' + lock[0] + ' until ' + _stamp(lock[1]) if lock else 'free'}")
+        if not leases:
+            click.echo("  lock: free")
+        for name, owner, expires in leases:
+            what = "lock" if name == job.name else name[len(job.name) + 1 :]  # backfill:<window>
+            click.echo(f"  {what}: held by {owner} until {_stamp(expires)}")
 
 
 @state.command("set")

@@ -371,6 +371,14 @@ class StateStore(Migrations):
             row = conn.execute(sa.select(locks.c.owner, locks.c.expires_at).where(locks.c.job == job)).first()
         return (row.owner, row.expires_at) if row else None
 
+    def leases(self, job: str) -> list[tuple[str, str, datetime]]:
+        """Every lease of a job, its incremental one and its backfill slices': (name, owner, expires_at)."""
+        query = sa.select(locks.c.job, locks.c.owner, locks.c.expires_at).where(
+            sa.or_(locks.c.job == job, locks.c.job.startswith(f"{job}:backfill:", autoescape=True))
+        )
+        with self.transaction() as conn:
+            return [(r.job, r.owner, r.expires_at) for r in conn.execute(query.order_by(locks.c.job))]
+
 
 def _engine(url: str, read_only: bool) -> Engine:
     if url.startswith("sqlite"):

@@ -132,6 +132,18 @@ def test_lock_is_exclusive_until_it_expires(store: StateStore) -> None:
     assert store.lock_holder("j") is None
 
 
+def test_leases_list_the_job_and_its_backfill_slices(store: StateStore) -> None:
+    """leases() shows the job's lease and its backfill slices', not another job's whose name shares a prefix."""
+    ttl = timedelta(minutes=10)
+    store.acquire_lock("j", "cron", ttl, T0)
+    store.acquire_lock("j:backfill:2026-01-01T00:00:00Z/2026-02-01T00:00:00Z/tickets", "pod-0", ttl, T0)
+    store.acquire_lock("j_other", "cron", ttl, T0)
+    assert [(name, owner) for name, owner, _ in store.leases("j")] == [
+        ("j", "cron"),
+        ("j:backfill:2026-01-01T00:00:00Z/2026-02-01T00:00:00Z/tickets", "pod-0"),
+    ]
+
+
 def test_unreachable_database_is_a_state_error() -> None:
     """A database that cannot be reached is a StateError (exit 5) without the password."""
     s = StateStore("postgresql+psycopg://etl:s3cret@127.0.0.1:1/etl")
