@@ -443,7 +443,20 @@ def sandbox_serve(seed: int, intercom_port: int, klaviyo_port: int) -> None:
 
 
 def main() -> None:
-    cli(prog_name="etl")
+    """Entry point: click's usage errors become one line too (`etl: error: …`, exit 2)."""
+    try:
+        code = cli.main(prog_name="etl", standalone_mode=False)
+    except click.ClickException as exc:  # bad flags, unknown commands, values out of range
+        ctx: click.Context | None = getattr(exc, "ctx", None)
+        help_instead = getattr(click.exceptions, "NoArgsIsHelpError", ())
+        if isinstance(exc, help_instead) and ctx is not None:  # `etl db` alone: show its help, as click does
+            click.echo(ctx.get_help(), err=True)
+            sys.exit(exc.exit_code)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        _fail(exc.format_message().replace("\n", " ") + hint, exc.exit_code)
+    except click.Abort:
+        _fail("interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,19 @@ def test_help_lists_every_command() -> None:
     out = invoke("--help").stdout
     for name in ("run", "check", "db", "state", "runs", "outbox", "demo", "sandbox"):
         assert f"  {name} " in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["runs", "--limit", "0"], "etl: error: Invalid value for '--limit': 0 is not in the range 1<=x<=10000. "
+                                   "(see `etl runs --help`)"),
+        (["nope"], "etl: error: No such command 'nope'. (see `etl --help`)"),
+        (["run", "--bogus"], "etl: error: No such option '--bogus'. (see `etl run --help`)"),
+    ],
+)  # fmt: skip
+def test_usage_errors_are_one_line_with_exit_2(args: list[str], expected: str) -> None:
+    """Click's usage errors come out as one line naming the help to read (real process)."""
+    proc = subprocess.run([sys.executable, "-m", "etl", *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == expected
