@@ -249,9 +249,8 @@ class JobRun:
                 self.max_seen[stream] = snap.updated_at
         store, now = self.store, self.clock()
         transaction = store.transaction() if store is not None and not self.dry else nullcontext(None)
-        with transaction as conn:
-            reader = conn if conn is not None else None
-            previous = self._load(reader, stream, [s.object_id for s in current])
+        with transaction as conn:  # None in a dry-run: reads go through their own read-only transactions
+            previous = self._load(conn, stream, [s.object_id for s in current])
             changed = [
                 (previous.get(s.object_id), s)
                 for s in current
@@ -260,7 +259,7 @@ class JobRun:
                 or previous[s.object_id].digest != s.digest
             ]
             self.report.add(stream, "unchanged", len(current) - len(changed))
-            items = self.infer(stream, changed, reader) if changed else []
+            items = self.infer(stream, changed, conn) if changed else []
             if self.dry:
                 self.emit(items)
             else:
