@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from etl import __version__, logs
-from etl.config import Settings, config_path, load_settings, missing_secrets, parse_timestamp
+from etl.config import Settings, config_path, load_settings, missing_secrets, parse_duration, parse_timestamp
 from etl.errors import ConfigError, EtlError, UsageError
 from etl.models import STREAMS, RunOptions
 from etl.state import StateStore, redact_url
@@ -369,21 +369,36 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
 
 
 @cli.command("outbox")
-@click.argument("args", nargs=-1, metavar="[JOB] | retry JOB")
+@click.argument("args", nargs=-1, metavar="[JOB] | retry JOB | prune JOB")
 @click.option("--status", type=click.Choice(["pending", "failed", "sent"]), help="Only items in this status.")
 @click.option(
     "--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="How many items."
 )
+@click.option("--older-than", metavar="DURATION", default="30d", show_default=True,
+              help="With prune: delete sent items delivered longer ago than this.")  # fmt: skip
 @click.pass_obj
-def outbox_cmd(obj: Cli, args: tuple[str, ...], status: str | None, limit: int) -> None:
-    """Inspect the outbox; `etl outbox retry JOB` re-queues the job's failed items.
+def outbox_cmd(obj: Cli, args: tuple[str, ...], status: str | None, limit: int, older_than: str) -> None:
+    """Inspect the outbox; `etl outbox retry JOB` re-queues the job's failed items; `etl outbox prune JOB`
+    deletes items Klaviyo accepted long ago (the outbox otherwise keeps them forever).
 
     \b
     Examples:
       etl outbox shop --status failed
       etl outbox retry shop
+      etl outbox prune shop --older-than 90d
     """
     settings = obj.settings()
+    if args and args[0] == "prune":
+        if len(args) != 2:
+            raise UsageError("usage: etl outbox prune JOB [--older-than 30d]")
+        settings.select([args[1]])
+        try:
+            age = parse_duration(older_than)
+        except ValueError as exc:
+            raise UsageError(f"--older-than: {exc}") from None
+        n = obj.store().prune_sent(args[1], _now() - age)
+        click.echo(f"{args[1]}: {n} sent item{'s' if n != 1 else ''} older than {older_than} deleted")
+        return
     if args and args[0] == "retry":
         if len(args) != 2:
             raise UsageError("usage: etl outbox retry JOB")
@@ -392,7 +407,9 @@ def outbox_cmd(obj: Cli, args: tuple[str, ...], status: str | None, limit: int) 
         click.echo(f"{args[1]}: {n} failed item{'s' if n != 1 else ''} re-queued; the next run delivers them")
         return
     if len(args) > 1:
-        raise UsageError("usage: etl outbox [JOB] [--status pending|failed|sent] | etl outbox retry JOB")
+        raise UsageError(
+            "usage: etl outbox [JOB] [--status pending|failed|sent] | etl outbox retry JOB | etl outbox prune JOB"
+        )
     job = args[0] if args else None
     if job:
         settings.select([job])

@@ -281,6 +281,19 @@ class StateStore(Migrations):
             )
             return result.rowcount or 0
 
+    def prune_sent(self, job: str, before: datetime) -> int:
+        """Delete the job's items delivered before `before`; pending and failed ones are never touched.
+
+        Harmless for correctness: unique_ids are deterministic, so a re-queued item is one Klaviyo dedupes.
+        """
+        with self.transaction() as conn:
+            result = conn.execute(
+                sa.delete(outbox).where(
+                    outbox.c.job == job, outbox.c.status == "sent", outbox.c.sent_at < before
+                )
+            )
+            return result.rowcount or 0
+
     # -- runs -------------------------------------------------------------------------------------
     def start_run(self, job: str, mode: str, window: Any, now: datetime) -> int:
         with self.transaction() as conn:

@@ -197,3 +197,25 @@ def test_usage_errors_are_one_line_with_exit_2(args: list[str], expected: str) -
     proc = subprocess.run([sys.executable, "-m", "etl", *args], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == expected
+
+
+def test_outbox_prune_command(config: Path, db_url: str) -> None:
+    """`etl outbox prune JOB --older-than` deletes old sent items; a bad duration is exit 2."""
+    from datetime import UTC, datetime, timedelta
+
+    invoke("--config", str(config), "db", "upgrade")
+    store = StateStore(db_url)
+    long_ago = datetime.now(UTC) - timedelta(days=100)
+    with store.transaction() as conn:
+        store.enqueue(conn, "shop", [("event", "old", {}), ("event", "new", {})], None, long_ago)
+    old, new = store.pending("shop", "event", limit=10)
+    store.mark_delivered([old.id], {}, long_ago)
+    store.mark_delivered([new.id], {}, datetime.now(UTC))
+    store.close()
+    pruned = invoke("--config", str(config), "outbox", "prune", "shop", "--older-than", "90d")
+    assert pruned.exit_code == 0 and pruned.stdout.strip() == "shop: 1 sent item older than 90d deleted"
+    listed = invoke("--config", str(config), "outbox", "shop")
+    assert "new" in listed.stdout and "old" not in listed.stdout.split("\n", 1)[1]
+    bad = invoke("--config", str(config), "outbox", "prune", "shop", "--older-than", "3 months")
+    assert bad.exit_code == 2
+    assert bad.stderr.strip() == "etl: error: --older-than: expected a duration like 15m, got '3 months'"

@@ -150,3 +150,19 @@ def test_unreachable_database_is_a_state_error() -> None:
     with pytest.raises(StateError) as exc:
         s.current_revision()
     assert exc.value.exit_code == 5 and "s3cret" not in str(exc.value)
+
+
+def test_prune_deletes_only_old_sent_items(store: StateStore) -> None:
+    """prune_sent removes items delivered before the cut-off and keeps newer, pending and failed ones."""
+    with store.transaction() as conn:
+        store.enqueue(conn, "j", [("event", f"u{i}", {"i": i}) for i in range(4)], None, T0)
+        store.enqueue(conn, "other", [("event", "u0", {"i": 0})], None, T0)
+    u0, u1, u2, _ = store.pending("j", "event", limit=10)
+    store.mark_delivered([u0.id], {u2.id: "rejected"}, T0)  # sent long ago, and a failed one
+    store.mark_delivered([u1.id], {}, T0 + timedelta(days=40))  # sent recently
+    (other,) = store.pending("other", "event", limit=10)
+    store.mark_delivered([other.id], {}, T0)
+    assert store.prune_sent("j", T0 + timedelta(days=10)) == 1
+    left = {i["unique_id"]: i["status"] for i in store.outbox_items("j", None, 10)}
+    assert left == {"u1": "sent", "u2": "failed", "u3": "pending"}
+    assert store.outbox_counts("other") == {"sent": 1}  # another job's items are untouched
