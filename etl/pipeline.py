@@ -222,7 +222,8 @@ class JobRun:
     # -- reading ----------------------------------------------------------------------------------------
     def read_stream(self, window: Window) -> None:
         stream = window.stream
-        calls_before = self.intercom.stats.calls
+        stats = self.intercom.stats
+        before = (stats.calls, stats.retries, stats.throttled)
         self.progress.start(stream)
         for page in self.intercom.pages(window):
             self.check_lease()
@@ -232,7 +233,10 @@ class JobRun:
                 self.process_page(window, page.objects)
         self.window_state[stream]["done"] = True
         self.window_state[stream].pop("resume_until", None)
-        self.report.counts.setdefault(stream, {})["api_calls"] = self.intercom.stats.calls - calls_before
+        counts = self.report.counts.setdefault(stream, {})
+        counts["api_calls"], counts["retries"], counts["429s"] = (
+            stats.calls - before[0], stats.retries - before[1], stats.throttled - before[2]
+        )  # fmt: skip
         self.progress.finish(stream)
         if self.options.backfill and self.store is not None and self.run_id is not None:
             self.store.update_run(self.run_id, window=self.window_state)
