@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
@@ -273,3 +273,22 @@ class HttpClient:
                 f"{self.secret_env} the scopes this job needs" + (f" ({detail})" if detail else "")
             )
         return f"{self.service} rejected {method} {path} ({status})" + (f": {detail}" if detail else "")
+
+
+class ApiClient:
+    """What both API clients share: their HttpClient, its stats, closing (also as a context manager)."""
+
+    http: HttpClient
+
+    @property
+    def stats(self) -> CallStats:
+        return self.http.stats
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import quote
 
 from etl.errors import IntercomError
-from etl.http import DEFAULT_TIMEOUT, CallStats, HttpClient
+from etl.http import DEFAULT_TIMEOUT, ApiClient, HttpClient
 from etl.models import STREAMS, Page, Window
 
 MAX_PER_PAGE = 150  # spec 2.16: search pagination.per_page maximum
@@ -68,7 +68,7 @@ def covering_query(since: float, until: float) -> dict[str, Any]:
     }
 
 
-class IntercomClient:
+class IntercomClient(ApiClient):
     """Reads one Intercom workspace through the shared HTTP policy (etl.http)."""
 
     def __init__(
@@ -102,19 +102,6 @@ class IntercomClient:
         self._admins: dict[str, dict[str, Any]] | None = None
         self._teams: dict[str, str] | None = None
         self._tags: dict[str, str] | None = None
-
-    @property
-    def stats(self) -> CallStats:
-        return self.http.stats
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> IntercomClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- search -----------------------------------------------------------------------------------
     def _search(

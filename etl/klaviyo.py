@@ -16,7 +16,7 @@ from datetime import UTC
 from typing import Any
 
 from etl.errors import KlaviyoError
-from etl.http import CallStats, HttpClient, Reply
+from etl.http import ApiClient, HttpClient, Reply
 from etl.klaviyo_batches import (
     EventBatch,
     ProfileBatch,
@@ -128,7 +128,7 @@ def _named(errors: Iterable[Mapping[str, Any]], ids_at: Callable[[str], tuple[in
     return named
 
 
-class KlaviyoClient:
+class KlaviyoClient(ApiClient):
     """One Klaviyo account: bulk profile import and bulk event create over the shared HTTP policy."""
 
     def __init__(
@@ -163,13 +163,6 @@ class KlaviyoClient:
         self.clock = clock
         self.poll_interval = poll_interval
         self.job_timeout = job_timeout
-
-    @property
-    def stats(self) -> CallStats:
-        return self.http.stats
-
-    def close(self) -> None:
-        self.http.close()
 
     def check(self) -> None:
         """One cheap authenticated read (the newest import job): raises KlaviyoError if key or revision is refused.
