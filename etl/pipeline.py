@@ -51,6 +51,12 @@ class Services:
     intercom: IntercomClient
     klaviyo: KlaviyoClient | None  # None in dry-run: nothing is ever sent
 
+    def close(self) -> None:
+        """Close both clients' sessions (the store belongs to whoever opened it)."""
+        self.intercom.close()
+        if self.klaviyo is not None:
+            self.klaviyo.close()
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)

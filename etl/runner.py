@@ -125,9 +125,7 @@ def _run_one(
         code = 1
     finally:
         if services is not None:
-            services.intercom.close()
-            if services.klaviyo is not None:
-                services.klaviyo.close()
+            services.close()
     return (job_run.report if job_run is not None else RunReport(job.name, "incremental")), code
 
 
@@ -139,6 +137,4 @@ def check_online(job: JobSettings) -> None:
         assert services.klaviyo is not None
         services.klaviyo.check()
     finally:
-        services.intercom.close()
-        if services.klaviyo is not None:
-            services.klaviyo.close()
+        services.close()

@@ -93,9 +93,7 @@ def bench_run(scale: int) -> dict[str, float]:
             job, RunOptions(), services, clock=lambda: datetime.fromtimestamp(now + 1, UTC)
         ).execute()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        services.intercom.close()
-        assert services.klaviyo is not None
-        services.klaviyo.close()
+        services.close()
         return wall, cpu, sum(c.get("objects", 0) for s, c in report.counts.items() if not s.startswith("_"))
 
     first, first_cpu, objects = run()

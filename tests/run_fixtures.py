@@ -143,9 +143,7 @@ def sandboxes(seed: int = 3, **kwargs: Any) -> Iterator[Sandboxes]:
 
 
 def close(services: Services) -> None:
-    services.intercom.close()
-    if services.klaviyo is not None:
-        services.klaviyo.close()
+    services.close()
 
 
 def settings(url: str, *jobs: JobSettings) -> Settings:

@@ -205,9 +205,7 @@ class Harness:
         try:
             JobRun(self.job, RunOptions(), services, clock=clock).execute()
         finally:
-            services.intercom.close()
-            assert services.klaviyo is not None
-            services.klaviyo.close()
+            services.close()
         self.after.append(self.delivered())
 
     def two_runs(self) -> None:
