@@ -368,18 +368,20 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
     click.echo(_table(table, header))
 
 
-@cli.command("outbox")
-@click.argument("args", nargs=-1, metavar="[JOB] | retry JOB | prune JOB")
-@click.option("--status", type=click.Choice(["pending", "failed", "sent"]), help="Only items in this status.")
-@click.option(
-    "--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="How many items."
-)
-@click.option("--older-than", metavar="DURATION", default="30d", show_default=True,
-              help="With prune: delete sent items delivered longer ago than this.")  # fmt: skip
-@click.pass_obj
-def outbox_cmd(obj: Cli, args: tuple[str, ...], status: str | None, limit: int, older_than: str) -> None:
-    """Inspect the outbox; `etl outbox retry JOB` re-queues the job's failed items; `etl outbox prune JOB`
-    deletes items Klaviyo accepted long ago (the outbox otherwise keeps them forever).
+class OutboxGroup(click.Group):
+    """`etl outbox [JOB]` lists; `etl outbox retry|prune JOB` act. An unknown first word is a JOB to list, so
+    `etl outbox shop` works and a job that happens to be named `prune` is still listed by `etl outbox list prune`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        first = next((a for a in args if not a.startswith("-")), None)
+        if not args or (first not in self.commands and not any(a in ("-h", "--help") for a in args)):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group("outbox", cls=OutboxGroup)
+def outbox() -> None:
+    """Inspect the outbox; re-queue failed items; delete items Klaviyo accepted long ago.
 
     \b
     Examples:
@@ -387,41 +389,73 @@ def outbox_cmd(obj: Cli, args: tuple[str, ...], status: str | None, limit: int, 
       etl outbox retry shop
       etl outbox prune shop --older-than 90d
     """
-    settings = obj.settings()
-    if args and args[0] == "prune":
-        if len(args) != 2:
-            raise UsageError("usage: etl outbox prune JOB [--older-than 30d]")
-        settings.select([args[1]])
-        try:
-            age = parse_duration(older_than)
-        except ValueError as exc:
-            raise UsageError(f"--older-than: {exc}") from None
-        n = obj.store().prune_sent(args[1], _now() - age)
-        click.echo(f"{args[1]}: {n} sent item{'s' if n != 1 else ''} older than {older_than} deleted")
-        return
-    if args and args[0] == "retry":
-        if len(args) != 2:
-            raise UsageError("usage: etl outbox retry JOB")
-        settings.select([args[1]])
-        n = obj.store().retry_failed(args[1])
-        click.echo(f"{args[1]}: {n} failed item{'s' if n != 1 else ''} re-queued; the next run delivers them")
-        return
-    if len(args) > 1:
-        raise UsageError(
-            "usage: etl outbox [JOB] [--status pending|failed|sent] | etl outbox retry JOB | etl outbox prune JOB"
-        )
-    job = args[0] if args else None
+
+
+@outbox.command("list")
+@click.argument("job", required=False)
+@click.option("--status", type=click.Choice(["pending", "failed", "sent"]), help="Only items in this status.")
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="How many items."
+)
+@click.pass_obj
+def outbox_list(obj: Cli, job: str | None, status: str | None, limit: int) -> None:
+    """List outbox items, newest first (the default: `etl outbox [JOB]` is `etl outbox list [JOB]`).
+
+    \b
+    Example:
+      etl outbox shop --status failed
+    """
     if job:
-        settings.select([job])
+        obj.settings().select([job])
     items = obj.store().outbox_items(job, status, limit)
     if not items:
         click.echo("outbox is empty" + (f" for {status} items" if status else ""))
         return
-    rows = [[str(i["id"]), i["job"], i["kind"], i["unique_id"], i["status"], str(i["attempts"]),
-             _stamp(i["created_at"]), (i["last_error"] or "")[:80]] for i in items]  # fmt: skip
+    rows = [
+        [str(i["id"]), i["job"], i["kind"], i["unique_id"], i["status"], str(i["attempts"]),
+         _stamp(i["created_at"]), (i["last_error"] or "")[:80]]
+        for i in items
+    ]  # fmt: skip
     click.echo(
         _table(rows, ["id", "job", "kind", "unique_id", "status", "attempts", "created", "last_error"])
     )
+
+
+@outbox.command("retry")
+@click.argument("job")
+@click.pass_obj
+def outbox_retry(obj: Cli, job: str) -> None:
+    """Re-queue the job's failed items; the next run delivers them.
+
+    \b
+    Example:
+      etl outbox retry shop
+    """
+    obj.settings().select([job])
+    n = obj.store().retry_failed(job)
+    click.echo(f"{job}: {n} failed item{'s' if n != 1 else ''} re-queued; the next run delivers them")
+
+
+@outbox.command("prune")
+@click.argument("job")
+@click.option("--older-than", metavar="DURATION", default="30d", show_default=True,
+              help="Delete sent items delivered longer ago than this.")  # fmt: skip
+@click.pass_obj
+def outbox_prune(obj: Cli, job: str, older_than: str) -> None:
+    """Delete items Klaviyo accepted long ago (the outbox otherwise keeps them forever); pending and failed
+    items are never deleted.
+
+    \b
+    Example:
+      etl outbox prune shop --older-than 90d
+    """
+    obj.settings().select([job])
+    try:
+        age = parse_duration(older_than)
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}") from None
+    n = obj.store().prune_sent(job, _now() - age)
+    click.echo(f"{job}: {n} sent item{'s' if n != 1 else ''} older than {older_than} deleted")
 
 
 # -- demo / sandbox ----------------------------------------------------------------------------------

@@ -219,3 +219,23 @@ def test_outbox_prune_command(config: Path, db_url: str) -> None:
     bad = invoke("--config", str(config), "outbox", "prune", "shop", "--older-than", "3 months")
     assert bad.exit_code == 2
     assert bad.stderr.strip() == "etl: error: --older-than: expected a duration like 15m, got '3 months'"
+
+
+def test_outbox_is_a_group_whose_default_lists(tmp_path: Path, db_url: str) -> None:
+    """`etl outbox JOB` lists; a job named like a subcommand is listed with `outbox list`; each subcommand
+    has its own help; an option of another subcommand is a usage error, not silently ignored."""
+    config = tmp_path / "jobs.yaml"
+    config.write_text(JOBS.format(url=db_url).replace("  shop:", "  prune:"))
+    assert invoke("--config", str(config), "db", "upgrade").exit_code == 0
+    listed = invoke("--config", str(config), "outbox", "list", "prune")
+    assert listed.exit_code == 0 and listed.stdout.strip() == "outbox is empty"
+    retry_help = invoke("outbox", "retry", "--help")
+    assert retry_help.exit_code == 0 and retry_help.stdout.startswith("Usage: cli outbox retry [OPTIONS] JOB")
+    stray = subprocess.run([sys.executable, "-m", "etl", "--config", str(config), "outbox", "prune",
+                            "--older-than", "3d"], capture_output=True, text=True)  # fmt: skip
+    assert stray.returncode == 2
+    assert stray.stderr.strip() == "etl: error: Missing argument 'JOB'. (see `etl outbox prune --help`)"
+    ignored = subprocess.run([sys.executable, "-m", "etl", "--config", str(config), "outbox", "--older-than",
+                              "3d"], capture_output=True, text=True)  # fmt: skip
+    assert ignored.returncode == 2
+    assert ignored.stderr.strip() == "etl: error: No such option '--older-than'. (see `etl outbox list --help`)"
