@@ -1,4 +1,4 @@
-"""The `etl` command line (DESIGN §3.1): click commands only.
+"""The `etl` command line (docs/design.md §3.1): click commands only.
 
 Commands build objects and call the library; `EtlError` becomes an exit code in ONE place (`EtlGroup.invoke`).
 Results go to stdout, logs and progress to stderr.

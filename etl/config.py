@@ -1,4 +1,4 @@
-"""`jobs.yaml` + environment → frozen settings (DESIGN §3.2).
+"""`jobs.yaml` + environment → frozen settings (docs/design.md §3.2).
 
 Every problem in the file is collected and reported in ONE `ConfigError`, each with its path
 (`jobs.intercom_to_klaviyo.lookback: expected a duration like 15m, got '15 mins'`). Unknown keys are errors so

@@ -1,4 +1,4 @@
-"""The error tree. Each class carries the exit code of DESIGN §3.1; the CLI maps them in one place.
+"""The error tree. Each class carries the exit code of docs/design.md §3.1; the CLI maps them in one place.
 
 Messages are one line: what failed and what to do. They never contain a secret.
 """

@@ -1,4 +1,4 @@
-"""(previous snapshot, current snapshot, context) → Klaviyo events, exactly as DESIGN §4 specifies.
+"""(previous snapshot, current snapshot, context) → Klaviyo events, exactly as docs/design.md §4 specifies.
 
 Pure: no I/O, no clock; the run's start time and everything looked up (admins, teams, tags, contact
 identities) arrive in `Context`. Rules first produce candidates (metric, time, unique_id); `diff` then keeps
@@ -38,7 +38,8 @@ METRICS = (  # Klaviyo's native Intercom integration names them so; existing flo
     WAITING_TICKET,
     RESOLVED_TICKET,
 )
-EVENT_PROPERTY_KEYS = (  # DESIGN §4.2: every default key an event can carry (property_names may rename them)
+# docs/design.md §4.2: every default key an event can carry (property_names may rename them)
+EVENT_PROPERTY_KEYS = (
     "email", "phone_number", "Title", "Snoozed Until", "Waiting Since", "Priority", "Assigned Team",
     "Assigned Admin Name", "Assigned Admin Email", "Tags", "Conversation Rating", "Conversation Source",
     "Conversation Delivered As", "Conversation Parts Count", "SLA Status", "Reopen Count", "Assignment Count",
@@ -86,7 +87,7 @@ class _Candidate:
 
 
 def diff(prev: Snapshot | None, cur: Snapshot, ctx: Context) -> Inference:
-    """The events that `cur` raises against `prev` (None: first sight, DESIGN §4.1)."""
+    """The events that `cur` raises against `prev` (None: first sight, docs/design.md §4.1)."""
     if cur.stream == "conversations":
         candidates = list(_conversation_rules(prev, cur))
     elif cur.stream == "tickets":
@@ -136,7 +137,7 @@ def _within_start(
 
 
 def _identity(cur: Snapshot, ctx: Context) -> Identity | None:
-    """The first contact of the object that has an email or a valid phone (DESIGN §4.1)."""
+    """The first contact of the object that has an email or a valid phone (docs/design.md §4.1)."""
     for contact_id in cur.data.get("contacts") or []:
         identity = ctx.contacts.get(contact_id)
         if identity is not None and (identity.email or identity.phone_number):
@@ -198,7 +199,7 @@ def _ticket_rules(prev: Snapshot | None, cur: Snapshot) -> Iterator[_Candidate]:
     base = f"intercom:ticket:{cur.object_id}"
     created, state = data.get("created_at"), data.get("state")
     parts = list(data.get("parts") or [])
-    # "newer than prev" = above prev's (created_at, id) high point, not wall-clock time (DESIGN §4.1)
+    # "newer than prev" = above prev's (created_at, id) high point, not wall-clock time (docs/design.md §4.1)
     seen = [part_order(part) for part in (before.get("parts") or [])] if before is not None else []
     high = max(seen, default=None)
     new_parts = [part for part in parts if high is None or part_order(part) > high]
@@ -229,7 +230,7 @@ def _state(base: str, category: str, time: int, time_in_data: bool = True) -> It
         yield _Candidate(metric, time, f"{base}:state:{category}:{time}", time_in_data)
 
 
-# --- properties: the object as read, under the keys of DESIGN §4.2 ---
+# --- properties: the object as read, under the keys of docs/design.md §4.2 ---
 
 
 def _properties(cur: Snapshot, metric: str, identity: Identity, ctx: Context) -> dict[str, Any]:

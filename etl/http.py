@@ -1,6 +1,6 @@
 """HTTP for both APIs: one session, timeouts, the one retry/pacing policy, response classification, redaction.
 
-Policy (DESIGN §5, §6):
+Policy (docs/design.md §5, §6):
 - pace before hitting 429: when a response says the budget is spent (`X-RateLimit-Remaining: 0` with an
   epoch `X-RateLimit-Reset`, Intercom; `RateLimit-Remaining: 0` with a seconds `RateLimit-Reset`, Klaviyo),
   the next request waits until the reset;

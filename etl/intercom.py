@@ -1,4 +1,4 @@
-"""The Intercom client: search paging per window, admins/teams/tags, contact batch lookup (DESIGN §5).
+"""The Intercom client: search paging per window, admins/teams/tags, contact batch lookup (docs/design.md §5).
 
 Raw JSON stops here: callers get dicts exactly as Intercom sent them, already filtered to their window.
 

@@ -1,10 +1,10 @@
 """Klaviyo client: models → JSON:API resources, bulk requests cut by count and bytes, import-job polling.
 
-The JSON:API shape stops here (DESIGN §6). `event_resource` and `profile_resource` build the payloads the
-outbox stores and dry-run prints; `KlaviyoClient.send_profiles` / `send_events` deliver outbox items and
-say, per outbox id, whether Klaviyo accepted it. Retries, pacing and 429s are `etl.http`'s one policy;
-a 400 whose error pointers name items fails those items and the rest is resent; any other 4xx stops the
-delivery with a `KlaviyoError`, leaving the items pending.
+The JSON:API shape stops here (docs/design.md §6). `event_resource` and `profile_resource` build the payloads
+the outbox stores and dry-run prints; `KlaviyoClient.send_profiles` / `send_events` deliver outbox items and
+say, per outbox id, whether Klaviyo accepted it. Retries, pacing and 429s are `etl.http`'s one policy; a 400
+whose error pointers name items fails those items and the rest is resent; any other 4xx stops the delivery
+with a `KlaviyoError`, leaving the items pending.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
-"""Cutting outbox items into Klaviyo bulk request bodies, by count AND serialized bytes (DESIGN §6).
+"""Cutting outbox items into Klaviyo bulk request bodies, by count AND serialized bytes (docs/design.md §6).
 
 Pure: no I/O. Each batch carries the exact bytes that go on the wire (compact JSON, UTF-8), so the byte
 limit is checked against what Klaviyo receives, not an estimate. A batch also remembers which outbox item
 sits at which position of its body, so a 400 whose `source.pointer` names a position fails that item only.
 
-Events of the same profile are merged into one `event-bulk-create` resource (DESIGN §6). Two events with
-the same (profile, metric, unique_id) in one request would fail the whole request (spec:
+Events of the same profile are merged into one `event-bulk-create` resource (docs/design.md §6). Two events
+with the same (profile, metric, unique_id) in one request would fail the whole request (spec:
 BaseEventCreateQueryBulkEntryResourceObject.unique_id), so the later one is dropped from the body; Klaviyo
-would ignore it anyway (it keeps the first event of a key), and its outbox item shares the fate of the
-event it duplicates: sent when that one is sent, failed with its error otherwise.
+would ignore it anyway (it keeps the first event of a key), and its outbox item shares the fate of the event
+it duplicates: sent when that one is sent, failed with its error otherwise.
 
 Two profiles with the same identifiers in one import job are merged the same way: the later payload (the
 contact's newer state; profiles are full upserts) replaces the earlier one at the earlier position, and

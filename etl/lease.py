@@ -1,4 +1,4 @@
-"""The lease that keeps one run per job (DESIGN §7), renewed in the background while the run lives."""
+"""The lease that keeps one run per job (docs/design.md §7), renewed in the background while the run lives."""
 
 from __future__ import annotations
 

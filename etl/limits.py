@@ -1,7 +1,7 @@
 """Klaviyo's payload limits, applied to event and profile properties before they reach the outbox.
 
-Pure. `fit_properties` drops empty top-level values (DESIGN §4.2: 0, null and "" are left out; booleans stay)
-and cuts what Klaviyo would refuse (DESIGN §6), returning how many values it had to cut.
+Pure. `fit_properties` drops empty top-level values (docs/design.md §4.2: 0, null and "" are left out;
+booleans stay) and cuts what Klaviyo would refuse (docs/design.md §6), returning how many values it cut.
 """
 
 from __future__ import annotations

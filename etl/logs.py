@@ -1,4 +1,5 @@
-"""Logging: human text on a TTY, JSON lines otherwise (DESIGN §3.1); secrets are redacted from every record.
+"""Logging: human text on a TTY, JSON lines otherwise (docs/design.md §3.1); secrets are redacted from every
+record.
 
 Log calls pass structured fields as `extra={"fields": {...}}`; they become JSON keys or `key=value` text.
 """

@@ -1,6 +1,6 @@
-"""One run of one job: lock → windows → pages → transaction per page → delivery → watermark (DESIGN §1, §7).
+"""One run of one job: lock → windows → pages → transaction per page → delivery → watermark.
 
-The only module that sequences I/O. Guarantees it keeps:
+The only module that sequences I/O (docs/design.md §1, §7). Guarantees it keeps:
 - nothing lost: a page's events/profiles and its snapshots are written in ONE transaction, the outbox is
   marked sent only for what Klaviyo accepted, and watermarks move only after all that;
 - nothing doubled: unique_ids are deterministic and the outbox is unique per (job, kind, unique_id);

@@ -20,7 +20,7 @@ from etl.snapshots import digest, email, obj, text
 MAX_EMAIL_CHARS = 100  # Klaviyo rejects longer email addresses on profiles
 EMAIL_SHAPE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
-PROFILE_PROPERTY_KEYS = (  # DESIGN §4.2, the keys of Klaviyo's native Intercom integration
+PROFILE_PROPERTY_KEYS = (  # docs/design.md §4.2, the keys of Klaviyo's native Intercom integration
     "intercom_contact_id",
     "intercom_contact_role",
     "intercom_has_hard_bounced",
@@ -94,7 +94,7 @@ def to_profile(
     default_phone_region: str,
     property_names: Mapping[str, str] | None = None,
 ) -> tuple[Profile | None, dict[str, int]]:
-    """The Klaviyo profile of a contact snapshot (DESIGN §4.2); None when it has neither email nor phone."""
+    """The Klaviyo profile of a contact snapshot (docs/design.md §4.2); None without an email or phone."""
     identity, counts = contact_identity(contact, default_phone_region)
     if identity is None:
         return None, {**counts, "skipped:no_identifier": 1}

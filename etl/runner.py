@@ -1,6 +1,6 @@
 """`etl run` over the jobs of jobs.yaml: open the state store, build each job's clients, run it, report.
 
-One job's failure does not stop the others; the exit code is the worst (DESIGN §3.1).
+One job's failure does not stop the others; the exit code is the worst (docs/design.md §3.1).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ are inferred from (previous snapshot, current snapshot) alone. Normal form:
   out-of-range or non-numeric values are None; `Snapshot.updated_at` is an aware UTC datetime;
 - "" and null collapse to None; emails are trimmed and lower-cased (validated later, in `etl.profiles`).
 The digest covers `data` only: an object re-read with nothing tracked changed has the same digest, so the
-pipeline can skip it (DESIGN §2, lookback). `updated_at` lives beside `data`, not in it.
+pipeline can skip it (docs/design.md §2, lookback). `updated_at` lives beside `data`, not in it.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def _contact(raw: Mapping[str, Any]) -> dict[str, Any]:
         "has_hard_bounced": flag(raw.get("has_hard_bounced")),
         "marked_email_as_spam": flag(raw.get("marked_email_as_spam")),
         "unsubscribed_from_emails": flag(raw.get("unsubscribed_from_emails")),
-        # included in search results as a list object; never fetched per contact (DESIGN §4.2)
+        # included in search results as a list object; never fetched per contact (docs/design.md §4.2)
         "opted_out_count": integer(obj(raw.get("opted_out_subscription_types")).get("total_count")),
         "custom_attributes": json_object(raw.get("custom_attributes")),
         "tag_ids": sorted({ident for ident in tag_ids if ident is not None}),

@@ -1,5 +1,5 @@
 """The state store: watermarks, snapshots, outbox, runs and locks. The only code that queries the state
-database (DESIGN §3.3); its tables are in `etl.tables`, its migrations in `etl.schema`.
+database (docs/design.md §3.3); its tables are in `etl.tables`, its migrations in `etl.schema`.
 
 SQLite by default, PostgreSQL in production; every statement here runs on both.
 """

@@ -1,4 +1,4 @@
-"""The state database's tables (DESIGN §3.3): names fixed, columns refined through Alembic revisions.
+"""The state database's tables (docs/design.md §3.3): names fixed, columns refined through Alembic revisions.
 
 SQLite by default, PostgreSQL in production; `etl.state.StateStore` is the only code that queries them.
 """

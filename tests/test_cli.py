@@ -177,7 +177,7 @@ def test_run_option_errors_are_usage_errors(config: Path) -> None:
 
 
 def test_help_lists_every_command() -> None:
-    """Every command of DESIGN §3.1 is in the help."""
+    """Every command of docs/design.md §3.1 is in the help."""
     out = invoke("--help").stdout
     for name in ("run", "check", "db", "state", "runs", "outbox", "demo", "sandbox"):
         assert f"  {name} " in out

@@ -1,4 +1,5 @@
-"""Conversation rules of DESIGN §4.1: one table per metric (fires / does not fire / time / unique_id)."""
+"""Conversation rules of docs/design.md §4.1: one table per metric (fires / does not fire / time /
+unique_id)."""
 
 from __future__ import annotations
 

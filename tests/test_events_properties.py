@@ -1,4 +1,4 @@
-"""Event properties (DESIGN §4.2), identities, overrides, backfill flags and counts of `diff`."""
+"""Event properties (docs/design.md §4.2), identities, overrides, backfill flags and counts of `diff`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ticket rules of DESIGN §4.1: created, state transitions (a)/(b)/(c) and replies, one event each."""
+"""Ticket rules of docs/design.md §4.1: created, state transitions (a)/(b)/(c) and replies, one event each."""
 
 from __future__ import annotations
 
@@ -134,7 +134,8 @@ STATES = [
 
 @pytest.mark.parametrize(("prev", "cur", "expected"), STATES)
 def test_ticket_state_events(prev, cur, expected):
-    """Submitted/Waiting/Resolved fire per DESIGN (a) new parts, (b) initial state, (c) unexplained change."""
+    """Submitted/Waiting/Resolved fire per docs/design.md §4.1: (a) new parts, (b) initial state,
+    (c) unexplained change."""
     assert states(events_of(prev, cur)) == expected
 
 

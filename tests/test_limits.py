@@ -1,4 +1,5 @@
-"""Klaviyo payload limits on properties (DESIGN §6): empty values out, oversize values cut and counted."""
+"""Klaviyo payload limits on properties (docs/design.md §6): empty values out, oversize values cut and
+counted."""
 
 from __future__ import annotations
 

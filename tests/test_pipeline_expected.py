@@ -1,7 +1,7 @@
-"""Issue 5 acceptance: two runs against the sandbox deliver exactly the events DESIGN §4 defines.
+"""Issue 5 acceptance: two runs against the sandbox deliver exactly the events docs/design.md §4 defines.
 
 The expected events are computed from the generator's history alone (`Workspace.history`), never through
-`etl.events`, `etl.snapshots` or `etl.profiles`: the point is an independent reading of DESIGN §4.1.
+`etl.events`, `etl.snapshots` or `etl.profiles`: the point is an independent reading of docs/design.md §4.1.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ SEED = 45  # with ACTIVITY: every metric, bursts of replies/ratings/transitions,
 ACTIVITY = 80  # random changes in the 45 minutes between the two runs
 REGION = "US"
 STREAMS = ("contacts", "conversations", "tickets")
-STATE_METRICS = {  # DESIGN §4.1: ticket category → metric; in_progress raises none
+STATE_METRICS = {  # docs/design.md §4.1: ticket category → metric; in_progress raises none
     "submitted": "Submitted Ticket",
     "waiting_on_customer": "Marked Ticket as Waiting on Customer",
     "resolved": "Resolved Ticket",
@@ -116,7 +116,8 @@ def seen_at(changes: Sequence[Change]) -> Seen:
 
 
 def conversation_events(ident: str, prev: Seen | None, cur: Seen) -> Iterator[tuple[str, str, int]]:
-    """DESIGN §4.1 conversations: a later sight shows only the latest reply and rating (search shows those)."""
+    """docs/design.md §4.1 conversations: a later sight shows only the latest reply and rating
+    (search shows those)."""
     base = f"intercom:conversation:{ident}"
     if prev is None:
         yield "Created Conversation", f"{base}:created", cur.created
@@ -131,7 +132,8 @@ def conversation_events(ident: str, prev: Seen | None, cur: Seen) -> Iterator[tu
 
 
 def ticket_events(ident: str, prev: Seen | None, cur: Seen) -> Iterator[tuple[str, str, int]]:
-    """DESIGN §4.1 tickets: the parts carry the history, so every transition and reply is its own event."""
+    """docs/design.md §4.1 tickets: the parts carry the history, so every transition and
+    reply is its own event."""
     base = f"intercom:ticket:{ident}"
     if prev is None:
         yield "Created Ticket", f"{base}:created", cur.created
@@ -257,7 +259,7 @@ def test_two_runs_deliver_exactly_the_events_design_4_defines(harness):
     # equal what the sandbox served at each run
     for poll, served in zip(polls, harness.served, strict=True):
         assert {ident: cur.updated for (_, ident), cur in rebuilt(ws.history, poll).items()} == served
-    # the scenario exercises what DESIGN §4.1 singles out
+    # the scenario exercises what docs/design.md §4.1 singles out
     before, after = rebuilt(ws.history, polls[0]), rebuilt(ws.history, polls[1])
     old = {key for key, cur in after.items() if cur.created < START}
     woken = {key for key in old if key in before and before[key].updated < START <= after[key].updated}

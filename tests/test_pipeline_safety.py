@@ -1,4 +1,5 @@
-"""DESIGN §7 over loopback HTTP on SQLite and PostgreSQL: one run per job, nothing lost, nothing doubled, rejections."""
+"""docs/design.md §7 over loopback HTTP on SQLite and PostgreSQL: one run per job, nothing lost, nothing
+doubled, rejections."""
 
 from __future__ import annotations
 

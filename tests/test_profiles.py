@@ -1,4 +1,5 @@
-"""Contact → identity and Klaviyo profile (DESIGN §4.2): E.164 phones, checked emails, stable unique_ids."""
+"""Contact → identity and Klaviyo profile (docs/design.md §4.2): E.164 phones, checked emails, stable
+unique_ids."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ matching in `etl.sandbox.intercom_query`; `per_page` default 50 for contacts, 20
 `GET /admins`, `/teams`, `/tags`, `GET /contacts/{id}`. Merged contacts are absent from search (spec:
 "Contacts that have been merged ... are excluded from search results") and `GET /contacts/{id}` answers
 them with 410 `contact_merged` and `Link: </contacts/{survivor}>; rel="canonical"` (spec, ShowContact; the
-Merge operation's text says 404 instead: we follow the ShowContact response table, as DESIGN §5 does).
+Merge operation's text says 404 instead: we follow the ShowContact response table, as docs/design.md §5 does).
 Every request needs `Authorization: Bearer <token>` (else 401 `unauthorized`, the spec's error body); an
 `Intercom-Version` outside the spec's enum is a 400 `intercom_version_invalid`; a missing one means 2.16.
 Every reply carries `X-RateLimit-Limit/Remaining/Reset` for a budget per 10-second window (Reset is the
@@ -48,7 +48,7 @@ API_VERSIONS = frozenset(
 )  # spec: components.schemas.intercom_version
 DEFAULT_PER_PAGE = {"contacts": 50, "conversations": 20, "tickets": 20}  # spec: each search's description
 MAX_PER_PAGE = 150  # spec: per_page maximum
-RATE_WINDOW_SECONDS = 10  # DESIGN §5: Intercom's rate-limit windows are 10 s
+RATE_WINDOW_SECONDS = 10  # docs/design.md §5: Intercom's rate-limit windows are 10 s
 DEFAULT_RATE_BUDGET = 1_666  # 10,000 calls/min per app, spread over 10-second windows
 LIST_KEYS = {"contacts": ("list", "data"), "conversations": ("conversation.list", "conversations"),
              "tickets": ("ticket.list", "tickets")}  # fmt: skip

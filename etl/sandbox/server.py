@@ -2,7 +2,7 @@
 
 Both fake APIs (Intercom, Klaviyo) subclass `SandboxHandler` and are started with `SandboxServer`.
 The handler sets `disable_nagle_algorithm` (TCP_NODELAY): `http.server` writes headers and body separately,
-and Nagle's algorithm with delayed ACKs would add ~40 ms to every response (DESIGN §8).
+and Nagle's algorithm with delayed ACKs would add ~40 ms to every response (docs/design.md §8).
 """
 
 from __future__ import annotations
