@@ -69,12 +69,6 @@ class LockHeld(EtlError):
     exit_code = 75
 
 
-class NotBuiltYet(EtlError):
-    """A command whose capability has not landed yet."""
-
-    exit_code = 2
-
-
 # Exit codes by severity, for `etl run` over several jobs: the worst one wins.
 SEVERITY = {0: 0, 6: 1, 75: 2, 4: 3, 3: 4, 5: 5, 2: 6, 1: 7}
 

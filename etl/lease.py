@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from etl import logs
@@ -47,3 +48,23 @@ class LeaseKeeper:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+    @classmethod
+    @contextmanager
+    def held(
+        cls, store: StateStore, name: str, owner: str, ttl: timedelta, clock: Callable[[], datetime]
+    ) -> Iterator[LeaseKeeper]:
+        """Take the lease (LockHeld, exit 75, when another run holds it), renew it while the block runs,
+        and release it at the end, whatever happened; a lease that cannot be released expires by itself."""
+        store.acquire_lock(name, owner, ttl, clock())
+        keeper = cls(store, name, owner, ttl, clock)
+        try:
+            yield keeper
+        finally:
+            keeper.stop()
+            try:
+                store.release_lock(name, owner)
+            except EtlError:
+                log.warning(
+                    "could not release the lease; it expires by itself", extra={"fields": {"lease": name}}
+                )

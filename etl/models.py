@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 STREAMS = ("contacts", "conversations", "tickets")
-Stream = Literal["contacts", "conversations", "tickets"]
 RunMode = Literal["incremental", "backfill", "dry-run"]
 
 
@@ -22,9 +21,6 @@ class Window:
     stream: str
     since: datetime
     until: datetime
-
-    def contains(self, moment: datetime) -> bool:
-        return self.since <= moment < self.until
 
 
 @dataclass(frozen=True)
@@ -90,13 +86,30 @@ class Profile:
     properties: Mapping[str, Any] = field(default_factory=dict)
 
 
+def iso_z(moment: datetime | None) -> str | None:
+    """`2026-03-01T12:00:00Z`: how the run history, the CLI and the windows write a moment (UTC, `Z`)."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+ItemKind = Literal["event", "profile"]
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One item inference hands to the outbox: what it is, its deterministic key, and its payload."""
+
+    kind: ItemKind
+    unique_id: str
+    payload: Mapping[str, Any]  # the Klaviyo resource object exactly as the bulk request carries it
+
+
 @dataclass(frozen=True)
 class OutboxItem:
     """One row of the outbox as the delivery step sees it."""
 
     id: int
     job: str
-    kind: Literal["event", "profile"]
+    kind: ItemKind
     unique_id: str
     payload: Mapping[str, Any]  # the Klaviyo resource object exactly as the bulk request carries it
     attempts: int = 0
@@ -120,13 +133,73 @@ class RunOptions:
 
 
 @dataclass
+class ApiCounts:
+    """Requests one API client made during a run (its stats at the end)."""
+
+    calls: int = 0
+    retries: int = 0
+    throttled: int = 0  # 429s waited out
+
+    @classmethod
+    def of(cls, stats: Any) -> ApiCounts:
+        """A copy of an API client's running stats (etl.http.ClientStats)."""
+        return cls(stats.calls, stats.retries, stats.throttled)
+
+    def __sub__(self, other: ApiCounts) -> ApiCounts:
+        return ApiCounts(
+            self.calls - other.calls, self.retries - other.retries, self.throttled - other.throttled
+        )
+
+
+@dataclass
+class DeliveryCounts:
+    """Outbox items Klaviyo accepted or rejected during a run."""
+
+    profiles_sent: int = 0
+    profiles_failed: int = 0
+    events_sent: int = 0
+    events_failed: int = 0
+
+    def add(self, kind: ItemKind, sent: int, failed: int) -> None:
+        setattr(self, f"{kind}s_sent", getattr(self, f"{kind}s_sent") + sent)
+        setattr(self, f"{kind}s_failed", getattr(self, f"{kind}s_failed") + failed)
+
+    @property
+    def failed(self) -> int:
+        return self.profiles_failed + self.events_failed
+
+
+@dataclass
 class RunReport:
-    """Counts of one run, per stream; mutable while the run goes, frozen into the runs table at the end."""
+    """Counts of one run; mutable while the run goes, frozen into the runs table at the end.
+
+    Per stream: open-ended keys (`objects`, `events:<metric>`, `skipped:<reason>`, …), since inference names
+    its own skips and drops. The run's own figures are typed fields beside them.
+    """
 
     job: str
     mode: RunMode
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    streams: dict[str, dict[str, int]] = field(default_factory=dict)
+    delivery: DeliveryCounts = field(default_factory=DeliveryCounts)
+    api: dict[str, ApiCounts] = field(default_factory=dict)  # "intercom" / "klaviyo"
+    duration_ms: int = 0
 
     def add(self, stream: str, key: str, n: int = 1) -> None:
-        bucket = self.counts.setdefault(stream, {})
+        bucket = self.streams.setdefault(stream, {})
         bucket[key] = bucket.get(key, 0) + n
+
+    @property
+    def counts(self) -> dict[str, dict[str, int]]:
+        """The report as the run history stores it: streams, then `_delivery`, `_api` and `_run`."""
+        out: dict[str, dict[str, int]] = {s: dict(c) for s, c in self.streams.items()}
+        delivered = {k: v for k, v in vars(self.delivery).items() if v}
+        if delivered:
+            out["_delivery"] = delivered
+        if self.api:
+            out["_api"] = {
+                f"{name}_{key}": n
+                for name, c in self.api.items()
+                for key, n in (("calls", c.calls), ("retries", c.retries), ("429s", c.throttled))
+            }
+        out["_run"] = {"duration_ms": self.duration_ms}
+        return out

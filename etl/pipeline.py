@@ -1,6 +1,9 @@
-"""One run of one job: lock → windows → pages → transaction per page → delivery → watermark.
+"""One run of one job: lease → windows → pages → transaction per page → delivery → watermark
+(docs/design.md §1, §7).
 
-The only module that sequences I/O (docs/design.md §1, §7). Guarantees it keeps:
+The only module that sequences I/O, the same way in every mode. What differs between a real run and a
+dry-run lives in `etl.sinks`; window planning in `etl.windows`; inference in `etl.inference`; delivery in
+`etl.delivery`; the lease in `etl.lease`. Guarantees the flow keeps:
 - nothing lost: a page's events/profiles and its snapshots are written in ONE transaction, the outbox is
   marked sent only for what Klaviyo accepted, and watermarks move only after all that;
 - nothing doubled: unique_ids are deterministic and the outbox is unique per (job, kind, unique_id);
@@ -10,37 +13,29 @@ The only module that sequences I/O (docs/design.md §1, §7). Guarantees it keep
 
 from __future__ import annotations
 
-import json
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from etl import logs
 from etl.config import JobSettings
-from etl.contacts import ContactBook
 from etl.errors import EtlError
-from etl.events import Context, diff
+from etl.inference import Inference
 from etl.intercom import IntercomClient
-from etl.klaviyo import KlaviyoClient, event_resource, profile_resource
-from etl.lease import LeaseKeeper
-from etl.models import Admin, RunOptions, RunReport, Snapshot, Window
-from etl.profiles import to_profile
+from etl.klaviyo import KlaviyoClient
+from etl.models import ApiCounts, RunOptions, RunReport, Window, iso_z
 from etl.report import Progress
-from etl.snapshots import referenced_contact_ids, to_snapshot
+from etl.sinks import DryRunSink, OutboxSink, Sink
+from etl.snapshots import to_snapshot
 from etl.state import StateStore
+from etl.windows import WindowPlan, backfill_key, plan_windows, resume_progress
 
 log = logs.get_logger("pipeline")
-
-# Outbox items per delivery call. Large, so the client cuts requests by Klaviyo's count AND byte limits
-# itself (a smaller chunk would add requests where bytes are the tighter limit); bounded, so memory is too.
-PROFILE_CHUNK = 30_000
-EVENT_CHUNK = 20_000
-RESUME_LOOKBACK_RUNS = 100  # backfill runs searched for an unfinished one of the same window and streams
 
 
 @dataclass
@@ -57,13 +52,17 @@ class Services:
         if self.klaviyo is not None:
             self.klaviyo.close()
 
+    def sink(self, job: str, options: RunOptions, out: TextIO | None, clock: Callable[[], datetime]) -> Sink:
+        """Where this run's results go: the outbox and Klaviyo, or NDJSON lines for a dry-run."""
+        if options.dry_run:
+            return DryRunSink(self.store, out or sys.stdout, job, replay=options.replay)
+        if self.store is None or self.klaviyo is None:
+            raise ValueError("a real run needs a state store and a Klaviyo client")
+        return OutboxSink(self.store, self.klaviyo, job, clock=clock, requeue=options.replay)
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
 class JobRun:
@@ -79,96 +78,54 @@ class JobRun:
         sink: TextIO | None = None,
         progress: Progress | None = None,
     ) -> None:
-        self.job, self.options, self.clock = job, options, clock
-        self.store, self.intercom, self.klaviyo = services.store, services.intercom, services.klaviyo
-        self.sink = sink
+        self.job, self.options, self.clock, self.services = job, options, clock, services
         self.progress = progress or Progress(enabled=False)
-        self.dry = options.dry_run
-        self.mode = "dry-run" if self.dry else "backfill" if options.backfill else "incremental"
+        self.mode = "dry-run" if options.dry_run else "backfill" if options.backfill else "incremental"
         self.report = RunReport(job.name, self.mode)  # type: ignore[arg-type]
         self.started = clock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.sink = services.sink(job.name, options, sink, clock)
+        self.inference = Inference(job, services.intercom, self.report, options, self.started)
         self.run_id: int | None = None
         self.window_state: dict[str, Any] = {}
         self.max_seen: dict[str, datetime] = {}
-        self.contacts = ContactBook(job.default_phone_region, services.intercom.lookup_contacts)
-        self._admins: dict[str, Admin] | None = None  # admin id → admin, fetched once per run
-        self.profiled: set[str] = set()  # contact ids whose profile was queued this run
-        self.emitted: set[tuple[str, str]] = set()  # dry-run: (kind, unique_id) already printed
-        self.rejected = 0
-        self.lease: LeaseKeeper | None = None
+        self.check_lease: Callable[[], None] = lambda: None
         # backfills hold a lease of their own window: slices of one backfill run side by side (an Indexed
         # Job) and beside the incremental CronJob, while two runs of the same slice still exclude each other
         self.lease_name = job.name if not options.backfill else f"{job.name}:backfill:{self._backfill_key()}"
 
-    # -- the run --------------------------------------------------------------------------------------
+    @property
+    def rejected(self) -> int:
+        """Items Klaviyo rejected during this run."""
+        return self.report.delivery.failed
+
     def execute(self) -> RunReport:
-        lease = None
-        if not self.dry:
-            assert self.store is not None
-            self.store.acquire_lock(self.lease_name, self.owner, self.job.lock_ttl, self.clock())
-            lease = self.lease = LeaseKeeper(
-                self.store, self.lease_name, self.owner, self.job.lock_ttl, self.clock
-            )
-        try:
-            windows = self.open_windows()
-            if not self.dry:
-                assert self.store is not None
-                self.run_id = self.store.start_run(self.job.name, self.mode, self.window_state, self.started)
-            log.info("run started", extra={"fields": self._fields(windows=len(windows))})
-            for window in windows:
-                self.read_stream(window)
-            if self.dry:
-                self.emit_backlog()
-            else:
-                self.deliver()
-                if not self.options.backfill:
-                    self.check_lease()
-                    self.advance_watermarks(windows)
-            self.finish("succeeded" if not self.rejected else "rejected", None)
-        except EtlError as exc:
-            self.finish("failed", str(exc))
-            raise
-        except BaseException as exc:
-            self.finish("failed", f"{type(exc).__name__}: {logs.scrub(str(exc))[:300]}")
-            raise
-        finally:
-            self.progress.close()  # stop the bars and rich's stdout redirection before a summary or error line
-            if lease is not None:
-                lease.stop()
-                try:
-                    assert self.store is not None
-                    self.store.release_lock(self.lease_name, self.owner)
-                except EtlError:
-                    log.warning("could not release the lease; it expires by itself")
+        with self.sink.hold(self.lease_name, self.owner, self.job.lock_ttl) as check_lease:
+            self.check_lease = check_lease
+            try:
+                plan = self.plan()
+                self.run_id = self.sink.start_run(self.mode, self.window_state, self.started)
+                log.info("run started", extra={"fields": self._fields(windows=len(plan.windows))})
+                for window in plan.windows:
+                    self.read_stream(window)
+                self.sink.complete(self.report, self.watermarks(plan), check_lease)
+                self.finish("succeeded" if not self.rejected else "rejected", None)
+            except EtlError as exc:
+                self.finish("failed", str(exc))
+                raise
+            except BaseException as exc:
+                self.finish("failed", f"{type(exc).__name__}: {logs.scrub(str(exc))[:300]}")
+                raise
+            finally:
+                self.progress.close()  # stop the bars and rich's stdout redirection before a summary or error
         return self.report
 
     def finish(self, status: str, error: str | None) -> None:
-        self.report.add("_run", "duration_ms", int((self.clock() - self.started).total_seconds() * 1000))
-        self._api_counts()
+        self.report.duration_ms = int((self.clock() - self.started).total_seconds() * 1000)
+        clients = (("intercom", self.services.intercom), ("klaviyo", self.services.klaviyo))
+        self.report.api = {name: ApiCounts.of(c.stats) for name, c in clients if c is not None}
         log.info(f"run {status}", extra={"fields": self._fields(status=status, error=error)})
-        if self.dry or self.store is None or self.run_id is None:
-            return
-        try:
-            self.store.update_run(
-                self.run_id, status=status, finished_at=self.clock(), counts=self.report.counts,
-                window=self.window_state, error=error,
-            )  # fmt: skip
-        except EtlError:
-            log.warning("could not record the end of the run", extra={"fields": {"run_id": self.run_id}})
-
-    def _api_counts(self) -> None:
-        for name, client in (("intercom", self.intercom), ("klaviyo", self.klaviyo)):
-            if client is None:
-                continue
-            stats = client.stats
-            self.report.counts.setdefault("_api", {}).update(
-                {
-                    f"{name}_calls": stats.calls,
-                    f"{name}_retries": stats.retries,
-                    f"{name}_429s": stats.throttled,
-                }
-            )
+        self.sink.end_run(status, self.report, self.window_state, error)
 
     def _fields(self, **extra: Any) -> dict[str, Any]:
         return {"job": self.job.name, "run_id": self.run_id, "mode": self.mode, **extra}
@@ -178,60 +135,40 @@ class JobRun:
         wanted = self.options.streams or self.job.streams
         return [s for s in self.job.streams if s in wanted]
 
-    def open_windows(self) -> list[Window]:
-        """Per stream: [watermark - lookback, signpost), or start_date on the first run; or the backfill window."""
-        signpost = self.started
-        marks = self.store.watermarks(self.job.name) if self.store is not None else {}
-        resume = self._backfill_progress()
-        windows = []
-        for stream in self.streams():
-            if self.options.since is not None:
-                since, until = self.options.since, min(self.options.until or signpost, signpost)
-                done = resume.get(stream, {})
-                if done.get("done"):
-                    self.window_state[stream] = dict(done)
-                    continue
-                if done.get("resume_until"):
-                    until = min(until, datetime.fromisoformat(done["resume_until"]))
-            else:
-                mark = marks.get(stream)
-                since = max(mark - self.job.lookback, self.job.start_date) if mark else self.job.start_date
-                until = signpost
-            self.window_state[stream] = {"since": _iso(since), "until": _iso(until), "done": False}
-            if since < until:
-                windows.append(Window(stream, since, until))
-            else:
-                self.window_state[stream]["done"] = True
-        if self.options.since is not None:
-            self.window_state["_backfill"] = self._backfill_key()
-        return windows
-
     def _backfill_key(self) -> str:
-        until = self.options.until
-        return f"{_iso(self.options.since)}/{_iso(until) if until else 'open'}/{','.join(self.streams())}"
+        assert self.options.since is not None
+        return backfill_key(self.options.since, self.options.until, self.streams())
 
-    def _backfill_progress(self) -> dict[str, Any]:
-        """The progress of an unfinished backfill of the same window, to continue where it stopped."""
-        if self.options.since is None or self.options.until is None or self.store is None:
+    def plan(self) -> WindowPlan:
+        """This run's windows; a backfill of a window that an earlier run left unfinished continues it."""
+        since, until = self.options.since, self.options.until
+        resume: dict[str, Any] = {}
+        if since is not None and until is not None:
+            previous, resume = resume_progress(self.sink.backfill_runs(), self._backfill_key())
+            if previous is not None:
+                log.info(
+                    "resuming an unfinished backfill", extra={"fields": self._fields(previous_run=previous)}
+                )
+        marks, job = self.sink.watermarks(), self.job
+        plan = plan_windows(
+            self.streams(), self.started, job.start_date, job.lookback, marks, since, until, resume
+        )
+        self.window_state = plan.state
+        return plan
+
+    def watermarks(self, plan: WindowPlan) -> dict[str, datetime]:
+        """min(max updated_at seen, signpost) per stream read; a backfill moves none (never backwards: the store)."""
+        if self.options.backfill:
             return {}
-        # only backfill runs: cron's incremental runs go on between a killed backfill and its re-run
-        for row in self.store.runs(self.job.name, RESUME_LOOKBACK_RUNS, mode="backfill"):
-            window = row.window if isinstance(row.window, dict) else {}
-            if row.mode != "backfill" or window.get("_backfill") != self._backfill_key():
-                continue
-            if row.status in ("succeeded", "rejected"):
-                return {}
-            log.info("resuming an unfinished backfill", extra={"fields": self._fields(previous_run=row.id)})
-            return {k: v for k, v in window.items() if isinstance(v, dict)}
-        return {}
+        seen = {w.stream: self.max_seen.get(w.stream) for w in plan.windows}
+        return {stream: min(value, self.started) for stream, value in seen.items() if value is not None}
 
     # -- reading ----------------------------------------------------------------------------------------
     def read_stream(self, window: Window) -> None:
-        stream = window.stream
-        stats = self.intercom.stats
-        before = (stats.calls, stats.retries, stats.throttled)
+        stream, stats = window.stream, self.services.intercom.stats
+        before = ApiCounts.of(stats)
         self.progress.start(stream)
-        for page in self.intercom.pages(window):
+        for page in self.services.intercom.pages(window):
             self.check_lease()
             self.report.add(stream, "pages")
             self.progress.advance(stream, len(page.objects), page.total_count)
@@ -239,28 +176,22 @@ class JobRun:
                 self.process_page(window, page.objects)
         self.window_state[stream]["done"] = True
         self.window_state[stream].pop("resume_until", None)
-        counts = self.report.counts.setdefault(stream, {})
-        counts["api_calls"], counts["retries"], counts["429s"] = (
-            stats.calls - before[0], stats.retries - before[1], stats.throttled - before[2]
-        )  # fmt: skip
+        used = ApiCounts.of(stats) - before
+        counts = self.report.streams.setdefault(stream, {})
+        counts.update({"api_calls": used.calls, "retries": used.retries, "429s": used.throttled})
         self.progress.finish(stream)
-        if self.options.backfill and self.store is not None and self.run_id is not None:
-            self.store.update_run(self.run_id, window=self.window_state)
-        log.info(
-            "stream read", extra={"fields": self._fields(stream=stream, **self.report.counts.get(stream, {}))}
-        )
+        if self.options.backfill:
+            self.sink.save_window(self.window_state)
+        log.info("stream read", extra={"fields": self._fields(stream=stream, **counts)})
 
     def process_page(self, window: Window, objects: Iterable[Mapping[str, Any]]) -> None:
         stream = window.stream
         current = [to_snapshot(stream, raw) for raw in objects]
         self.report.add(stream, "objects", len(current))
-        for snap in current:
-            if snap.updated_at > self.max_seen.get(stream, snap.updated_at - timedelta(1)):
-                self.max_seen[stream] = snap.updated_at
-        store, now = self.store, self.clock()
-        transaction = store.transaction() if store is not None and not self.dry else nullcontext(None)
-        with transaction as conn:  # None in a dry-run: reads go through their own read-only transactions
-            previous = self._load(conn, stream, [s.object_id for s in current])
+        top = max(s.updated_at for s in current)
+        self.max_seen[stream] = max(top, self.max_seen.get(stream, top))
+        with self.sink.page() as page:
+            previous = page.load(stream, [s.object_id for s in current])
             changed = [
                 (previous.get(s.object_id), s)
                 for s in current
@@ -269,151 +200,12 @@ class JobRun:
                 or previous[s.object_id].digest != s.digest
             ]
             self.report.add(stream, "unchanged", len(current) - len(changed))
-            items = self.infer(stream, changed, conn) if changed else []
-            if self.dry:
-                self.emit(items)
-            else:
-                assert store is not None and conn is not None
-                # a replay re-queues what was sent before; Klaviyo's dedupe keeps the resend harmless
-                queued = store.enqueue(
-                    conn, self.job.name, items, self.run_id, now, requeue=self.options.replay
-                )
-                for kind, n in queued.items():
-                    self.report.add(stream, f"queued:{kind}s", n)
-                store.save_snapshots(conn, self.job.name, [s for _, s in changed])
-                if self.options.backfill and self.run_id is not None:
-                    lowest = min(s.updated_at for s in current)
-                    # descending pages: all of [lowest + 1 s, until) is done; the same second may continue
-                    self.window_state[stream]["resume_until"] = _iso(lowest + timedelta(seconds=1))
-                    store.update_run_window(conn, self.run_id, self.window_state)
-
-    def _load(self, conn: Any, stream: str, ids: list[str]) -> dict[str, Snapshot]:
-        if self.store is None:
-            return {}
-        if conn is None:
-            with self.store.transaction() as reader:
-                return self.store.load_snapshots(reader, self.job.name, stream, ids)
-        return self.store.load_snapshots(conn, self.job.name, stream, ids)
-
-    def infer(
-        self, stream: str, changed: list[tuple[Snapshot | None, Snapshot]], conn: Any
-    ) -> list[tuple[str, str, dict[str, Any]]]:
-        items: list[tuple[str, str, dict[str, Any]]] = []
-        if stream == "contacts":
-            for _, snap in changed:
-                self.contacts.remember(snap.object_id, snap)
-                self._queue_profile(snap, items, stream, force=True)
-            return items
-        ctx = self.context([s for _, s in changed], conn)
-        for prev, snap in changed:
-            inference = diff(None if self.options.replay else prev, snap, ctx)
-            for key, n in inference.counts.items():
-                self.report.add(stream, key, n)
-            for event in inference.events:
-                items.append(("event", event.unique_id, event_resource(event)))
-                self.report.add(stream, "events")
-                self.report.add(stream, f"events:{event.metric}")
-                contact_id = event.identity.contact_id
-                contact = self.contacts.get(contact_id)
-                if contact is not None:
-                    self._queue_profile(contact, items, stream)
-        return items
-
-    def _queue_profile(
-        self,
-        contact: Snapshot,
-        items: list[tuple[str, str, dict[str, Any]]],
-        stream: str,
-        force: bool = False,
-    ) -> None:
-        """Queue a contact's profile once per run (an unchanged one is deduplicated by the outbox)."""
-        if contact.object_id in self.profiled and not force:
-            return
-        self.profiled.add(contact.object_id)
-        profile, counts = to_profile(
-            contact, self.intercom.tags(), self.job.default_phone_region, self.job.property_names
-        )
-        for key, n in counts.items():
-            self.report.add(stream, key, n)
-        if profile is not None:
-            items.append(("profile", profile.unique_id, profile_resource(profile)))
-            self.report.add(stream, "profiles")
-
-    def context(self, snaps: list[Snapshot], conn: Any) -> Context:
-        """The per-page Context: admins/teams/tags (once per run) and the identities of referenced contacts."""
-        wanted = list(dict.fromkeys(cid for s in snaps for cid in referenced_contact_ids(s)))
-        identities = self.contacts.identities(wanted, lambda ids: self._load(conn, "contacts", ids))
-        if self._admins is None:
-            self._admins = {
-                k: Admin(name=v.get("name"), email=v.get("email")) for k, v in self.intercom.admins().items()
-            }
-        return Context(
-            start_date=self.job.start_date,
-            flow_trigger_max_age=self.job.flow_trigger_max_age,
-            run_started_at=self.started,
-            backfill_run=self.options.backfill,
-            admins=self._admins,
-            teams=self.intercom.teams(),
-            tags=self.intercom.tags(),
-            contacts=identities,
-            metric_names=self.job.metric_names,
-            property_names=self.job.property_names,
-        )
-
-    def emit(self, items: list[tuple[str, str, dict[str, Any]]], *, check_outbox: bool = True) -> None:
-        """Dry-run: one NDJSON line per item that would be queued (and is not in the outbox already)."""
-        assert self.sink is not None
-        fresh = [(k, u, p) for k, u, p in items if (k, u) not in self.emitted]
-        if self.store is not None and fresh and check_outbox and not self.options.replay:
-            known = self.store.known_unique_ids(self.job.name, [(k, u) for k, u, _ in fresh])
-            fresh = [(k, u, p) for k, u, p in fresh if (k, u) not in known]
-        for kind, unique_id, payload in fresh:
-            self.emitted.add((kind, unique_id))
-            line = {"kind": kind, "job": self.job.name, "unique_id": unique_id, "payload": payload}
-            self.sink.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
-
-    def emit_backlog(self) -> None:
-        """Dry-run: the outbox items still pending from earlier runs go out with the next run too."""
-        if self.store is None:
-            return
-        for kind in ("profile", "event"):
-            after = 0
-            while items := self.store.pending(self.job.name, kind, limit=1_000, after_id=after):
-                self.emit([(i.kind, i.unique_id, dict(i.payload)) for i in items], check_outbox=False)
-                after = items[-1].id
-
-    # -- delivery and watermarks ------------------------------------------------------------------------
-    def deliver(self) -> None:
-        """Send the job's pending outbox in bounded chunks: profiles first, then events."""
-        assert self.store is not None and self.klaviyo is not None
-        for kind, chunk, send in (
-            ("profile", PROFILE_CHUNK, self.klaviyo.send_profiles),
-            ("event", EVENT_CHUNK, self.klaviyo.send_events),
-        ):
-            after = 0
-            while items := self.store.pending(self.job.name, kind, limit=chunk, after_id=after):
-                self.check_lease()
-                result = send(items)
-                self.store.mark_delivered(result.sent, result.failed, self.clock())
-                self.report.add("_delivery", f"{kind}s_sent", len(result.sent))
-                if result.failed:
-                    self.report.add("_delivery", f"{kind}s_failed", len(result.failed))
-                    self.rejected += len(result.failed)
-                    log.warning(
-                        "Klaviyo rejected items",
-                        extra={"fields": self._fields(kind=kind, rejected=len(result.failed))},
-                    )
-                after = items[-1].id
-
-    def advance_watermarks(self, windows: list[Window]) -> None:
-        """min(max updated_at seen, signpost) per stream read; never backwards."""
-        assert self.store is not None
-        for window in windows:
-            seen = self.max_seen.get(window.stream)
-            if seen is not None:
-                self.store.set_watermark(self.job.name, window.stream, min(seen, self.started), self.clock())
-
-    def check_lease(self) -> None:
-        """Stop (LockHeld, exit 75) if our lease was taken over: another run owns the job's state now."""
-        if self.lease is not None:
-            self.lease.check()
+            entries = self.inference.infer(stream, changed, page.load) if changed else []
+            progress = None
+            if self.options.backfill:
+                lowest = min(s.updated_at for s in current)
+                # descending pages: all of [lowest + 1 s, until) is done; the same second may continue
+                self.window_state[stream]["resume_until"] = iso_z(lowest + timedelta(seconds=1))
+                progress = self.window_state
+            for kind, n in page.put(stream, entries, [s for _, s in changed], progress).items():
+                self.report.add(stream, f"queued:{kind}s", n)

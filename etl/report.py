@@ -80,15 +80,16 @@ def summary_table(report: RunReport) -> str:
     """A plain-text table of one run's per-stream counts, plus delivery and API totals."""
     header = ["stream", *[name for name, _ in SUMMARY_COLUMNS]]
     rows = [
-        [s, *[str(sum(report.counts[s].get(k, 0) for k in keys)) for _, keys in SUMMARY_COLUMNS]]
+        [s, *[str(sum(report.streams[s].get(k, 0) for k in keys)) for _, keys in SUMMARY_COLUMNS]]
         for s in STREAMS
-        if s in report.counts
+        if s in report.streams
     ]
     widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
     lines = [f"job {report.job} ({report.mode})"]
     lines += ["  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
               for r in [header, *rows]]  # fmt: skip
-    extras = {**report.counts.get("_delivery", {}), **report.counts.get("_api", {})}
+    counts = report.counts
+    extras = {**counts.get("_delivery", {}), **counts.get("_api", {})}
     if extras:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in extras.items()))
     return "\n".join(lines)
@@ -116,11 +117,10 @@ def write_metrics(path: str, results: Sequence[tuple[RunReport, int]], store: An
             last_success.labels(report.job).set(ok.finished_at.timestamp())
         # any exit but 0 and 6 (finished, some items rejected) is a failed run, also before it was recorded
         failed.labels(report.job).set(0 if code in (0, 6) else 1)
-        duration.labels(report.job).set(report.counts.get("_run", {}).get("duration_ms", 0) / 1000)
-        delivery = report.counts.get("_delivery", {})
-        rejected.labels(report.job).set(delivery.get("profiles_failed", 0) + delivery.get("events_failed", 0))
+        duration.labels(report.job).set(report.duration_ms / 1000)
+        rejected.labels(report.job).set(report.delivery.failed)
         for stream in STREAMS:
-            counts = report.counts.get(stream, {})
+            counts = report.streams.get(stream, {})
             if counts:
                 objects.labels(report.job, stream).set(counts.get("objects", 0))
             for key, n in counts.items():

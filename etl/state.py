@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from etl.errors import LockHeld, StateError
-from etl.models import OutboxItem, Snapshot
+from etl.models import OutboxEntry, OutboxItem, Snapshot
 from etl.schema import Migrations, describe_error, redact_url
 from etl.tables import locks, metadata, outbox, runs, snapshots, watermarks
 
@@ -170,22 +170,20 @@ class StateStore(Migrations):
         self,
         conn: Connection,
         job: str,
-        items: Sequence[tuple[str, str, Mapping[str, Any]]],
+        items: Sequence[OutboxEntry],
         run_id: int | None,
         now: datetime,
         *,
         requeue: bool = False,
     ) -> dict[str, int]:
-        """Queue (kind, unique_id, payload) items; an item already in the outbox is left as it is, or with
+        """Queue entries; an item already in the outbox is left as it is, or with
         `requeue` (replays) set pending again with the new payload.
 
         Returns how many rows were new (or re-queued) per kind.
         """
         if not items:
             return {}
-        unique = {
-            (kind, uid): payload for kind, uid, payload in items
-        }  # one statement may not hit a row twice
+        unique = {(e.kind, e.unique_id): e.payload for e in items}  # one statement may not hit a row twice
         rows = [
             {"job": job, "kind": kind, "unique_id": uid, "payload": dict(payload), "status": "pending",
              "attempts": 0, "created_at": now, "run_id": run_id}

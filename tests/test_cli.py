@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from etl.cli import cli
+from etl.models import OutboxEntry
 from etl.state import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +135,13 @@ def test_runs_and_outbox_commands(config: Path, db_url: str) -> None:
     store.update_run(run_id, status="succeeded", finished_at=now,
                      counts={"tickets": {"objects": 4, "events": 3, "profiles": 1}})  # fmt: skip
     with store.transaction() as conn:
-        store.enqueue(conn, "shop", [("event", "e1", {"x": 1}), ("event", "e2", {"x": 2})], run_id, now)
+        store.enqueue(
+            conn,
+            "shop",
+            [OutboxEntry("event", "e1", {"x": 1}), OutboxEntry("event", "e2", {"x": 2})],
+            run_id,
+            now,
+        )
     items = store.pending("shop", "event", limit=10)
     store.mark_delivered([items[0].id], {items[1].id: "Invalid email address"}, now)
     store.close()
@@ -207,7 +214,9 @@ def test_outbox_prune_command(config: Path, db_url: str) -> None:
     store = StateStore(db_url)
     long_ago = datetime.now(UTC) - timedelta(days=100)
     with store.transaction() as conn:
-        store.enqueue(conn, "shop", [("event", "old", {}), ("event", "new", {})], None, long_ago)
+        store.enqueue(
+            conn, "shop", [OutboxEntry("event", "old", {}), OutboxEntry("event", "new", {})], None, long_ago
+        )
     old, new = store.pending("shop", "event", limit=10)
     store.mark_delivered([old.id], {}, long_ago)
     store.mark_delivered([new.id], {}, datetime.now(UTC))
@@ -238,4 +247,6 @@ def test_outbox_is_a_group_whose_default_lists(tmp_path: Path, db_url: str) -> N
     ignored = subprocess.run([sys.executable, "-m", "etl", "--config", str(config), "outbox", "--older-than",
                               "3d"], capture_output=True, text=True)  # fmt: skip
     assert ignored.returncode == 2
-    assert ignored.stderr.strip() == "etl: error: No such option '--older-than'. (see `etl outbox list --help`)"
+    assert (
+        ignored.stderr.strip() == "etl: error: No such option '--older-than'. (see `etl outbox list --help`)"
+    )

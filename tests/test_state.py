@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from etl.errors import LockHeld, StateError
-from etl.models import Snapshot
+from etl.models import OutboxEntry, Snapshot
 from etl.state import StateStore, metadata
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -82,8 +82,16 @@ def test_an_older_snapshot_never_replaces_a_newer_one(store: StateStore) -> None
 def test_outbox_dedupes_by_unique_id_and_tracks_status(store: StateStore) -> None:
     """Enqueueing the same unique_id twice keeps one row; sent/failed/retry move it through its states."""
     with store.transaction() as conn:
-        n = store.enqueue(conn, "j", [("event", "u1", {"a": 1}), ("event", "u2", {"a": 2})], None, T0)
-        again = store.enqueue(conn, "j", [("event", "u1", {"a": 9}), ("profile", "u1", {"p": 1})], None, T0)
+        n = store.enqueue(
+            conn, "j", [OutboxEntry("event", "u1", {"a": 1}), OutboxEntry("event", "u2", {"a": 2})], None, T0
+        )
+        again = store.enqueue(
+            conn,
+            "j",
+            [OutboxEntry("event", "u1", {"a": 9}), OutboxEntry("profile", "u1", {"p": 1})],
+            None,
+            T0,
+        )
     assert (n, again) == ({"event": 2}, {"profile": 1})
     items = store.pending("j", "event", limit=10)
     assert [i.unique_id for i in items] == ["u1", "u2"] and items[0].payload == {"a": 1}
@@ -98,7 +106,7 @@ def test_outbox_dedupes_by_unique_id_and_tracks_status(store: StateStore) -> Non
 def test_pending_pages_in_id_order(store: StateStore) -> None:
     """pending() returns bounded chunks in queue order, continuing after the last id."""
     with store.transaction() as conn:
-        store.enqueue(conn, "j", [("event", f"u{i}", {"i": i}) for i in range(5)], None, T0)
+        store.enqueue(conn, "j", [OutboxEntry("event", f"u{i}", {"i": i}) for i in range(5)], None, T0)
     first = store.pending("j", "event", limit=2)
     rest = store.pending("j", "event", limit=10, after_id=first[-1].id)
     assert [i.payload["i"] for i in first + rest] == [0, 1, 2, 3, 4]
@@ -155,8 +163,8 @@ def test_unreachable_database_is_a_state_error() -> None:
 def test_prune_deletes_only_old_sent_items(store: StateStore) -> None:
     """prune_sent removes items delivered before the cut-off and keeps newer, pending and failed ones."""
     with store.transaction() as conn:
-        store.enqueue(conn, "j", [("event", f"u{i}", {"i": i}) for i in range(4)], None, T0)
-        store.enqueue(conn, "other", [("event", "u0", {"i": 0})], None, T0)
+        store.enqueue(conn, "j", [OutboxEntry("event", f"u{i}", {"i": i}) for i in range(4)], None, T0)
+        store.enqueue(conn, "other", [OutboxEntry("event", "u0", {"i": 0})], None, T0)
     u0, u1, u2, _ = store.pending("j", "event", limit=10)
     store.mark_delivered([u0.id], {u2.id: "rejected"}, T0)  # sent long ago, and a failed one
     store.mark_delivered([u1.id], {}, T0 + timedelta(days=40))  # sent recently

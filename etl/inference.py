@@ -1,0 +1,97 @@
+"""Per page: the events and profiles that changed objects give (docs/design.md §4), with what the pure core
+needs from Intercom: admins, teams and tags (once per run) and the identities of the contacts objects name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from etl.config import JobSettings
+from etl.contacts import ContactBook
+from etl.events import Context, diff
+from etl.intercom import IntercomClient
+from etl.klaviyo import event_resource, profile_resource
+from etl.models import Admin, OutboxEntry, RunOptions, RunReport, Snapshot
+from etl.profiles import to_profile
+from etl.snapshots import referenced_contact_ids
+
+Loader = Callable[[str, list[str]], dict[str, Snapshot]]  # (stream, ids) → stored snapshots
+
+
+class Inference:
+    """Turns a page's changed objects into outbox entries, counting what it infers, skips and drops."""
+
+    def __init__(
+        self,
+        job: JobSettings,
+        intercom: IntercomClient,
+        report: RunReport,
+        options: RunOptions,
+        started: datetime,
+    ) -> None:
+        self.job, self.intercom, self.report = job, intercom, report
+        self.started, self.backfill, self.replay = started, options.backfill, options.replay
+        self.contacts = ContactBook(job.default_phone_region, intercom.lookup_contacts)
+        self._admins: dict[str, Admin] | None = None  # admin id → admin, fetched once per run
+        self.profiled: set[str] = set()  # contact ids whose profile was queued this run
+
+    def infer(
+        self, stream: str, changed: list[tuple[Snapshot | None, Snapshot]], load: Loader
+    ) -> list[OutboxEntry]:
+        entries: list[OutboxEntry] = []
+        if stream == "contacts":
+            for _, snap in changed:
+                self.contacts.remember(snap.object_id, snap)
+                self._queue_profile(snap, entries, stream, force=True)
+            return entries
+        ctx = self.context([s for _, s in changed], load)
+        for prev, snap in changed:
+            inference = diff(None if self.replay else prev, snap, ctx)
+            for key, n in inference.counts.items():
+                self.report.add(stream, key, n)
+            for event in inference.events:
+                entries.append(OutboxEntry("event", event.unique_id, event_resource(event)))
+                self.report.add(stream, "events")
+                self.report.add(stream, f"events:{event.metric}")
+                contact = self.contacts.get(event.identity.contact_id)
+                if contact is not None:
+                    self._queue_profile(contact, entries, stream)
+        return entries
+
+    def _queue_profile(
+        self, contact: Snapshot, entries: list[OutboxEntry], stream: str, force: bool = False
+    ) -> None:
+        """Queue a contact's profile once per run (an unchanged one is deduplicated by the outbox)."""
+        if contact.object_id in self.profiled and not force:
+            return
+        self.profiled.add(contact.object_id)
+        profile, counts = to_profile(
+            contact, self.intercom.tags(), self.job.default_phone_region, self.job.property_names
+        )
+        for key, n in counts.items():
+            self.report.add(stream, key, n)
+        if profile is not None:
+            entries.append(OutboxEntry("profile", profile.unique_id, profile_resource(profile)))
+            self.report.add(stream, "profiles")
+
+    def context(self, snaps: list[Snapshot], load: Loader) -> Context:
+        """The page's Context: admins/teams/tags (once per run) and the identities of referenced contacts."""
+        wanted = list(dict.fromkeys(cid for s in snaps for cid in referenced_contact_ids(s)))
+        identities = self.contacts.identities(wanted, lambda ids: load("contacts", ids))
+        if self._admins is None:
+            self._admins = {
+                k: Admin(name=v.get("name"), email=v.get("email")) for k, v in self.intercom.admins().items()
+            }
+        return Context(
+            start_date=self.job.start_date,
+            flow_trigger_max_age=self.job.flow_trigger_max_age,
+            run_started_at=self.started,
+            backfill_run=self.backfill,
+            admins=self._admins,
+            teams=self.intercom.teams(),
+            tags=self.intercom.tags(),
+            contacts=identities,
+            metric_names=self.job.metric_names,
+            property_names=self.job.property_names,
+        )
