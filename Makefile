@@ -23,10 +23,11 @@ install: $(STAMP) ## same as venv
 test: $(STAMP) ## run the test suite (SQLite always; PostgreSQL via ETL_TEST_POSTGRES_URL or local binaries)
 	$(BIN)/pytest -q
 
-lint: $(STAMP) ## ruff lint + format check, mypy on etl/
+lint: $(STAMP) ## ruff lint + format check, mypy on etl/, the import layers (lint-imports)
 	$(BIN)/ruff check etl tests migrations
 	$(BIN)/ruff format --check etl tests migrations
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix etl tests migrations
