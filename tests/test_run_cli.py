@@ -9,7 +9,6 @@ import logging
 import re
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,11 +202,12 @@ def test_progress_bars_on_a_tty_are_stopped_before_the_summary(
     assert all(re.search(r" (\d+)/\1 ", line) for line in final)  # each bar shows done = total
 
 
-def test_demo_prints_what_was_sent_and_where_to_look_in_well_under_a_minute(tmp_path: Path) -> None:
-    """`etl demo` runs three times against the sandbox, prints events per metric and where to look, in < 30 s."""
-    started = time.perf_counter()
+def test_demo_prints_what_was_sent_and_where_to_look(tmp_path: Path) -> None:
+    """`etl demo` runs three times against the sandbox and prints events per metric and where to look.
+
+    How long it takes is measured by `make bench`, not asserted here.
+    """
     result = invoke("demo", "--workdir", str(tmp_path), env={DEMO_TOKEN_ENV: None, DEMO_KEY_ENV: None})
-    assert time.perf_counter() - started < 30
     assert result.exit_code == 0, result.output
     out = result.stdout
     holds = out.split("Klaviyo (sandbox) now holds:\n")[1].split("\n\nWhere to look")[0].splitlines()
