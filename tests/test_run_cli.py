@@ -194,7 +194,9 @@ def test_progress_bars_on_a_tty_are_stopped_before_the_summary(
                         RunOptions(dry_run=True, output=str(tmp_path / "out.ndjson")), stderr=terminal)  # fmt: skip
     assert code == 0
     assert sys.stdout is stdout  # rich's redirection of stdout is undone
-    assert not [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]
+    for thread in [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]:
+        thread.join(timeout=5)  # rich signals its redraw thread without joining it: a stopped one ends now
+        assert not thread.is_alive(), "a progress bar was left redrawing"
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
     assert "\njob shop (dry-run)\n" in text  # the summary starts on its own line, after the bars
     final = text.split("\njob shop (dry-run)\n")[0].splitlines()[-3:]
