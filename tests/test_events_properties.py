@@ -178,7 +178,9 @@ def test_backfill_flag_follows_flow_trigger_max_age_and_run_mode():
 
 def test_event_time_is_aware_utc():
     """Event times are timezone-aware UTC datetimes."""
-    for event in first_sight("tickets", ticket()).events:
+    events = first_sight("tickets", ticket()).events
+    assert len(events) == 4
+    for event in events:
         assert event.time.utcoffset() == timedelta(0)
 
 
