@@ -487,7 +487,10 @@ def sandbox() -> None:
 @click.option("--intercom-port", default=8701, show_default=True, help="Port of the fake Intercom.")
 @click.option("--klaviyo-port", default=8702, show_default=True, help="Port of the fake Klaviyo.")
 def sandbox_serve(seed: int, intercom_port: int, klaviyo_port: int) -> None:
-    """Start the sandbox Intercom + Klaviyo servers on loopback for manual use (Ctrl-C stops)."""
+    """Start the sandbox Intercom + Klaviyo servers on loopback for manual use (Ctrl-C stops).
+
+    A port of 0 takes any free port; the URLs printed at start name the ports bound.
+    """
     from etl.demo import serve_sandbox
 
     serve_sandbox(seed=seed, intercom_port=intercom_port, klaviyo_port=klaviyo_port)

@@ -6,20 +6,26 @@ Not a test (timings are noisy on shared machines): it prints figures to quote, e
   HTTP with SQLite state, per object; with the API cost it is compared to (an Intercom page of 150 objects
   per call at 10,000 calls/min is 40 µs of rate-limit budget per object);
 - memory: tracemalloc peak of a first run at two workspace sizes; flat means the ratio stays near 1 while
-  the workspace grows 4x (the sandbox lives in this process, so its per-request allocations are included).
+  the workspace grows 4x (the sandbox lives in this process, so its per-request allocations are included);
+- demo: wall time of `etl demo` (three runs, Klaviyo import jobs included), which should stay well under a
+  minute; the demo's test checks what it prints, not how fast.
 """
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import sys
 import tempfile
 import time
 import tracemalloc
+from contextlib import redirect_stderr
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from etl.config import IntercomSettings, JobSettings, KlaviyoSettings
+from etl.demo import run_demo
 from etl.events import Context, diff
 from etl.intercom import IntercomClient
 from etl.klaviyo import KlaviyoClient
@@ -116,6 +122,16 @@ def bench_run(scale: int) -> dict[str, float]:
             "reread_objects": reread_objects}  # fmt: skip
 
 
+def bench_demo() -> float:
+    """Seconds of wall time of `etl demo` (three runs against the sandbox, import jobs included)."""
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="etl-bench-demo-") as folder, redirect_stderr(io.StringIO()):
+        code = run_demo(seed=7, workdir=Path(folder), out=io.StringIO())
+    if code != 0:
+        raise SystemExit(f"etl demo exited {code}")
+    return time.perf_counter() - start
+
+
 def main() -> int:
     print("etl bench (figures from one run on this machine; compare ratios, not absolutes)")
     pure = bench_pure(workspace(2))
@@ -138,6 +154,7 @@ def main() -> int:
     )
     growth = rows[1]["objects"] / max(rows[0]["objects"], 1)
     print(f"memory: workspace grew {growth:.1f}x, peak grew {rows[1]['peak'] / rows[0]['peak']:.2f}x")
+    print(f"etl demo: {bench_demo():.1f} s wall for its three runs (meant to stay well under a minute)")
     return 0
 
 

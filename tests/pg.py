@@ -28,28 +28,53 @@ def _binary(name: str) -> str | None:
     return shutil.which(name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+START_ATTEMPTS = 5  # fresh ports tried when the chosen one was taken before the server bound it
+
+
+def free_ports() -> Iterator[int]:
+    """Ports free when chosen; another process may bind one before the server does, so callers retry."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        yield port  # after closing the socket: a generator paused inside `with` would keep the port bound
 
 
 @contextmanager
-def throwaway_server() -> Iterator[str]:
-    """Start a private PostgreSQL cluster on a free loopback port; yields its admin URL."""
+def throwaway_server(ports: Iterator[int] | None = None) -> Iterator[str]:
+    """Start a private PostgreSQL cluster on a free loopback port; yields its admin URL.
+
+    A port is chosen before the server binds it, so it can be taken in between (another test run, another
+    cluster): a start that fails with "Address already in use" is retried on a fresh port.
+    """
     initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
     if not initdb or not pg_ctl:
         raise RuntimeError("no PostgreSQL binaries (initdb, pg_ctl) found")
+    ports = ports or free_ports()
     root = tempfile.mkdtemp(prefix="etl-pg-")
     prefix: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the postgres user
         shutil.chown(root, user="postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
-    data, port = f"{root}/data", _free_port()
+    data, log = f"{root}/data", Path(root) / "log"
     run = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
-    subprocess.run([*prefix, initdb, "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"], **run)
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-    subprocess.run([*prefix, pg_ctl, "-D", data, "-o", opts, "-l", f"{root}/log", "-w", "start"], **run)
+    try:
+        subprocess.run([*prefix, initdb, "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"], **run)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            port = next(ports)
+            opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+            start = [*prefix, pg_ctl, "-D", data, "-o", opts, "-l", str(log), "-w", "start"]
+            started = subprocess.run(start, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+            if started.returncode == 0:
+                break
+            logged = log.read_text(errors="replace") if log.exists() else ""
+            if "Address already in use" not in logged or attempt == START_ATTEMPTS:
+                last = logged.strip().splitlines()[-3:] or [started.stderr.decode(errors="replace").strip()]
+                raise RuntimeError(f"pg_ctl start failed on port {port}: " + " | ".join(last))
+            log.unlink()  # the next attempt's log starts empty, so an old bind error is not read again
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:

@@ -180,7 +180,7 @@ def test_any_pair_of_spec_shaped_objects_maps_without_exception(first, second):
         for event in inference.events:
             assert event.time >= START
             assert event.identity.email or event.identity.phone_number
-            json.dumps(dict(event.properties))
+            assert json.loads(json.dumps(event.properties)) == event.properties  # stored as JSON
             assert all(value not in (None, "", 0) or value is False for value in event.properties.values())
     if stream == "contacts":
         profile, _ = to_profile(cur, {"1": "vip"}, "US")

@@ -178,7 +178,9 @@ def test_backfill_flag_follows_flow_trigger_max_age_and_run_mode():
 
 def test_event_time_is_aware_utc():
     """Event times are timezone-aware UTC datetimes."""
-    for event in first_sight("tickets", ticket()).events:
+    events = first_sight("tickets", ticket()).events
+    assert len(events) == 4
+    for event in events:
         assert event.time.utcoffset() == timedelta(0)
 
 
@@ -193,11 +195,11 @@ def test_oversize_properties_are_truncated_and_counted():
 
 
 def test_properties_are_json_ready():
-    """Properties serialise to JSON as they are (the outbox stores them so)."""
-    for event in (
-        first_sight("conversations", conversation()).events + first_sight("tickets", ticket()).events
-    ):
-        json.dumps(dict(event.properties))
+    """Properties survive a JSON round trip unchanged (the outbox stores them as JSON and sends them so)."""
+    events = first_sight("conversations", conversation()).events + first_sight("tickets", ticket()).events
+    assert len(events) == 8  # every conversation and ticket metric a first sight of these two raises
+    for event in events:
+        assert json.loads(json.dumps(event.properties)) == event.properties
 
 
 def test_contacts_stream_yields_no_events():

@@ -11,9 +11,8 @@ import pytest
 from etl.events import Context, diff
 from etl.models import Admin, Identity, Snapshot
 from etl.profiles import contact_identity, to_profile
+from etl.sandbox import generator
 from etl.snapshots import to_snapshot
-
-generator = pytest.importorskip("etl.sandbox.generator", reason="the sandbox generator has not landed yet")
 
 BEGIN = datetime(2026, 3, 1, tzinfo=UTC)
 REGION = "US"

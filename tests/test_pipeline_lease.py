@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import time
-from datetime import UTC, datetime, timedelta
+import threading
+from datetime import timedelta
 
 import pytest
 
@@ -17,39 +17,81 @@ from etl.state import StateStore
 from tests.run_fixtures import START_DATE, T0, close, execute, outbox_rows, sandboxes
 
 
-def wall() -> datetime:
-    return datetime.now(UTC)
+class Ticker(threading.Event):
+    """The keeper's wait between renewals, advanced by the test one beat at a time instead of by the clock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.periods: list[float | None] = []  # the period of every wait the keeper started
+        self._cond = threading.Condition()
+        self._pending = 0  # beats let through but not yet taken by the keeper
+        self._waiting = False
+        self._stopped = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            self.periods.append(timeout)
+            self._waiting = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._pending or self._stopped)
+            self._waiting = False
+            if self._pending:  # a beat let through before stop() still renews: stop() then joins it
+                self._pending -= 1
+                return False
+            return True
+
+    def set(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def is_set(self) -> bool:
+        return self._stopped
+
+    def beat(self, *, settle: bool = True) -> None:
+        """Let one renewal happen; with `settle`, return once it is done and the keeper waits again."""
+        with self._cond:
+            self._pending += 1
+            self._cond.notify_all()
+            if settle:
+                assert self._cond.wait_for(lambda: not self._pending and self._waiting, timeout=10)
 
 
 def test_lease_keeper_renews_while_the_run_waits(store: StateStore) -> None:
-    """A lease renewed in the background outlives its TTL, so a second owner cannot take over a live run."""
-    ttl = timedelta(seconds=0.3)
-    store.acquire_lock("j", "runner", ttl, wall())
-    keeper = LeaseKeeper(store, "j", "runner", ttl, wall)
+    """A lease renewed every third of its TTL outlives it, so a second owner cannot take over a live run."""
+    ttl = timedelta(seconds=30)
+    now = [T0]
+    store.acquire_lock("j", "runner", ttl, now[0])
+    ticker = Ticker()
+    keeper = LeaseKeeper(store, "j", "runner", ttl, lambda: now[0], ticker=ticker)
     try:
-        time.sleep(0.8)  # longer than two TTLs: without renewal the lease would have expired
+        for elapsed in (20, 40):  # the second beat is past the first lease's end (T0 + 30 s)
+            now[0] = T0 + timedelta(seconds=elapsed)
+            ticker.beat()
+        assert store.lock_holder("j") == ("runner", T0 + timedelta(seconds=40) + ttl)
         with pytest.raises(LockHeld, match="already running"):
-            store.acquire_lock("j", "intruder", ttl, wall())
+            store.acquire_lock("j", "intruder", ttl, T0 + timedelta(seconds=45))
         keeper.check()
     finally:
         keeper.stop()
+    assert ticker.periods == [10.0, 10.0, 10.0]  # two renewals, then the wait that stop() ended
 
 
 def test_lease_keeper_reports_a_lost_lease(store: StateStore) -> None:
-    """Once another owner took the lease over, check() raises LockHeld (exit 75)."""
-    ttl = timedelta(seconds=0.3)
-    store.acquire_lock("j", "runner", ttl, wall())
-    store.acquire_lock("j", "intruder", ttl, wall() + timedelta(seconds=1))  # took over an "expired" lease
-    keeper = LeaseKeeper(store, "j", "runner", ttl, wall)
-    try:
-        deadline = time.monotonic() + 5
-        while keeper.lost is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with pytest.raises(LockHeld, match="lost its lease") as exc:
-            keeper.check()
-        assert exc.value.exit_code == 75
-    finally:
-        keeper.stop()
+    """Once another owner took the lease over, check() raises LockHeld (exit 75) and renewing stops."""
+    ttl = timedelta(seconds=30)
+    store.acquire_lock("j", "runner", ttl, T0)
+    store.acquire_lock("j", "intruder", ttl, T0 + timedelta(seconds=31))  # took over an expired lease
+    ticker = Ticker()
+    keeper = LeaseKeeper(store, "j", "runner", ttl, lambda: T0 + timedelta(seconds=32), ticker=ticker)
+    keeper.check()  # nothing renewed yet, nothing known lost
+    ticker.beat(settle=False)
+    keeper.stop()  # joins the keeper, which takes the beat first
+    with pytest.raises(LockHeld, match="lost its lease") as exc:
+        keeper.check()
+    assert exc.value.exit_code == 75
+    assert ticker.periods == [10.0]  # the keeper gave up at once: no further wait, no further renewal
+    assert store.lock_holder("j") == ("intruder", T0 + timedelta(seconds=31) + ttl)
 
 
 def test_backfill_slices_run_beside_the_incremental_lease(db_url: str) -> None:

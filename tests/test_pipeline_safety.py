@@ -4,7 +4,6 @@ doubled, rejections."""
 from __future__ import annotations
 
 import io
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -46,14 +45,16 @@ def secrets_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- one run at a time --------------------------------------------------------------------------------
 @pytest.mark.usefixtures("secrets_env")
 def test_second_run_while_the_lease_is_held_exits_75_at_once(db_url: str, store: StateStore) -> None:
-    """A run of a job whose lease another run holds returns 75 with one line, before any request or run record."""
+    """A run of a job whose lease another run holds returns 75 with one line, before any request or run record.
+
+    "At once" is what the last asserts pin: the run stopped at the lease, the first step, sent nothing and
+    left the holder's lease as it was (how long that takes is for `make bench`, not a timed assert).
+    """
     with sandboxes() as boxes:
         store.acquire_lock("shop", OTHER, timedelta(minutes=10), datetime.now(UTC))
         _, expires = store.lock_holder("shop") or ("", datetime.now(UTC))
         stderr = io.StringIO()
-        started = time.perf_counter()
         code = run_jobs(settings(db_url, boxes.job()), [], RunOptions(), stderr=stderr)
-        assert time.perf_counter() - started < 2
         assert code == 75
         assert stderr.getvalue() == (
             f"etl: error: job shop: job 'shop' is already running (lease held by {OTHER} until "

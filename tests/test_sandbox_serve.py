@@ -1,44 +1,61 @@
-"""`etl sandbox serve`: both fake servers answer on the ports given until stopped."""
+"""`etl sandbox serve`: both fake servers answer on the ports they print until stopped."""
 
 from __future__ import annotations
 
-import socket
-import threading
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
 import time
 
-import pytest
-
-from etl.demo import serve_sandbox
 from etl.intercom import IntercomClient
 from etl.klaviyo import KlaviyoClient
 from etl.sandbox.intercom_server import DEFAULT_TOKEN
 from etl.sandbox.klaviyo_server import SANDBOX_API_KEY
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float = 60) -> str:
+    """What the process printed up to `marker`; fails if it exits or stays silent for `timeout` seconds."""
+    assert proc.stdout is not None
+    out = b""
+    deadline = time.monotonic() + timeout
+    while marker not in out:
+        ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
+        chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+        assert chunk, f"no {marker!r} from etl sandbox serve; it printed {out!r}"
+        out += chunk
+    return out.decode()
 
 
-def test_sandbox_serve_answers_both_apis_until_stopped(capsys: pytest.CaptureFixture[str]) -> None:
-    """The served Intercom and Klaviyo accept their sandbox credentials, and stop when asked."""
-    ic_port, kl_port = free_port(), free_port()
-    stop = threading.Event()
-    thread = threading.Thread(target=serve_sandbox, args=(5, ic_port, kl_port), kwargs={"stop": stop})
-    thread.start()
+def test_sandbox_serve_on_port_0_prints_the_bound_urls_and_stops_on_sigterm() -> None:
+    """Port 0 binds free ports, the printed URLs name them, both APIs answer there, and SIGTERM stops it (exit 0)."""
+    # port 0 lets the kernel pick when binding, so no other process can take the port between choice and bind
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etl", "sandbox", "serve", "--seed", "5", "--intercom-port", "0",
+         "--klaviyo-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while f"127.0.0.1:{kl_port}" not in capsys.readouterr().out and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with IntercomClient(f"http://127.0.0.1:{ic_port}", DEFAULT_TOKEN, token_env="T") as intercom:
-            assert len(intercom.admins()) > 0
-        klaviyo = KlaviyoClient(f"http://127.0.0.1:{kl_port}", SANDBOX_API_KEY, api_key_env="K")
-        klaviyo.check()
-        klaviyo.close()
+        printed = read_until(proc, b"Ctrl-C stops.")
+        intercom = re.search(
+            r"^sandbox Intercom: (http://127\.0\.0\.1:(\d+))  \(token: (\S+)\)$", printed, re.M
+        )
+        klaviyo = re.search(
+            r"^sandbox Klaviyo:  (http://127\.0\.0\.1:(\d+))  \(api key: (\S+)\)$", printed, re.M
+        )
+        assert intercom and klaviyo, printed
+        assert intercom[3] == DEFAULT_TOKEN and klaviyo[3] == SANDBOX_API_KEY
+        assert 0 not in (int(intercom[2]), int(klaviyo[2])) and intercom[2] != klaviyo[2]
+        with IntercomClient(intercom[1], intercom[3], token_env="T") as client:
+            assert len(client.admins()) > 0
+        with KlaviyoClient(klaviyo[1], klaviyo[3], api_key_env="K") as client:
+            client.check()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
     finally:
-        stop.set()
-        thread.join(timeout=10)
-    assert not thread.is_alive()
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", ic_port)) != 0  # the port is closed again
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, stderr) == (0, b"")  # a clean stop: no traceback, no error line

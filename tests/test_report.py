@@ -1,0 +1,187 @@
+"""etl/report.py: progress (bars on a TTY, throttled log lines off it), the summary table, the metrics file."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from etl import logs
+from etl.models import RunReport
+from etl.report import LOG_EVERY_SECONDS, Progress, summary_table, write_metrics
+from etl.state import StateStore
+
+T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """The `etl` logger writes JSON lines into a buffer the test reads; restored afterwards."""
+    logger = logging.getLogger(logs.LOGGER_NAME)
+    saved = logger.handlers[:], logger.propagate, logger.level
+    buffer = io.StringIO()
+    logs.configure("json", 0, stream=buffer)
+    yield buffer
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+
+
+def refresh_threads_end() -> bool:
+    """Whether rich's redraw threads all end: stop() signals them without joining, so join them here."""
+    threads = [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]
+    for thread in threads:
+        thread.join(timeout=5)  # a bar never stopped keeps redrawing: its thread would still be alive
+    return not [t for t in threads if t.is_alive()]
+
+
+def progress_records(buffer: io.StringIO) -> list[tuple[str, int, int | None]]:
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert all(line["message"] == "progress" and line["logger"] == "etl.progress" for line in lines)
+    return [(line["stream"], line["objects"], line["total"]) for line in lines]
+
+
+# -- progress ---------------------------------------------------------------------------------------
+def test_progress_off_a_tty_logs_each_stream_at_most_every_ten_seconds(log_lines: io.StringIO) -> None:
+    """Off a TTY, a stream logs its running count once LOG_EVERY_SECONDS passed since its start or last line."""
+    assert LOG_EVERY_SECONDS == 10.0
+    now = [100.0]
+    progress = Progress(enabled=False, clock=lambda: now[0])
+    progress.start("contacts")
+    for at, objects in ((100.0, 5), (109.9, 5), (110.0, 3), (115.0, 2), (119.9, 1), (120.0, 4)):
+        now[0] = at
+        progress.advance("contacts", objects, 40)
+    progress.start("tickets")  # at 120: its own ten seconds start now, whatever contacts did
+    now[0] = 125.0
+    progress.advance("tickets", 7, None)
+    now[0] = 130.0
+    progress.advance("tickets", 1, None)
+    progress.finish("contacts")
+    progress.close()
+    assert progress_records(log_lines) == [("contacts", 13, 40), ("contacts", 20, 40), ("tickets", 8, None)]
+    assert progress.counts == {"contacts": 20, "tickets": 8}
+
+
+def test_progress_on_a_tty_draws_bars_ending_at_their_count_and_logs_nothing(log_lines: io.StringIO) -> None:
+    """On a TTY each stream is a bar, one without a known total ends at done = done; close() stops redrawing."""
+    now = [0.0]
+    terminal = Terminal()
+    progress = Progress(enabled=True, stream=terminal, clock=lambda: now[0])
+    progress.start("contacts")
+    progress.start("tickets")
+    progress.advance("contacts", 3, 5)
+    now[0] = 60.0  # a minute on: bars never fall back to log lines
+    progress.advance("contacts", 2, 5)
+    progress.advance("tickets", 7, None)  # total_count unknown (Intercom gave none)
+    progress.finish("contacts")
+    progress.finish("tickets")
+    progress.close()
+    assert log_lines.getvalue() == ""
+    assert refresh_threads_end()
+    final = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue()).splitlines()[-2:]
+    assert [line.split()[0] for line in final] == ["contacts", "tickets"]
+    assert re.search(r" 5/5 ", final[0]) and re.search(r" 7/7 ", final[1])
+
+
+# -- summary table ----------------------------------------------------------------------------------
+def test_summary_table_lists_streams_in_flow_order_with_every_column_and_the_totals_line() -> None:
+    """Rows in STREAMS order (absent streams left out), numbers right-aligned, "queued" sums both kinds."""
+    report = RunReport("shop", "incremental")
+    report.counts = {
+        "tickets": {"pages": 1, "objects": 5, "events": 7, "queued:events": 7, "queued:profiles": 1,
+                    "api_calls": 1, "events:Created Ticket": 5},
+        "contacts": {"pages": 12, "objects": 1130, "unchanged": 4, "profiles": 1126, "queued:profiles": 20,
+                     "skipped:no_identifier": 3, "api_calls": 12},
+        "_delivery": {"events_sent": 7, "profiles_sent": 21},
+        "_api": {"intercom_calls": 13},
+        "_run": {"duration_ms": 1500},
+    }  # fmt: skip
+    assert summary_table(report) == (
+        "job shop (incremental)\n"
+        "  stream    pages  objects  unchanged  events  profiles  queued  no_identifier  api_calls\n"
+        "  contacts     12     1130          4       0      1126      20              3         12\n"
+        "  tickets       1        5          0       7         0       8              0          1\n"
+        "  events_sent=7, profiles_sent=21, intercom_calls=13"
+    )
+
+
+def test_summary_table_of_a_run_that_read_nothing_is_the_header_alone() -> None:
+    """No stream read and nothing delivered: the title and the header, no rows and no totals line."""
+    assert summary_table(RunReport("shop", "dry-run")) == (
+        "job shop (dry-run)\n"
+        "  stream  pages  objects  unchanged  events  profiles  queued  no_identifier  api_calls"
+    )
+
+
+# -- metrics file -----------------------------------------------------------------------------------
+def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text file, parsed by prometheus_client: (name, labels) → value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(path.read_text())
+        for s in family.samples
+    }
+
+
+def test_metrics_file_holds_each_jobs_latest_run_for_node_exporter(tmp_path: Path) -> None:
+    """Per job: last success (from the runs table), duration, failure flag, rejected items, objects and events."""
+    store = StateStore(f"sqlite:///{tmp_path}/state.db")
+    store.upgrade()
+    run_id = store.start_run("shop", "incremental", {}, T0)
+    store.update_run(run_id, status="succeeded", finished_at=T0 + timedelta(seconds=90))
+    store.start_run("shop", "backfill", {}, T0)  # a backfill is no "last success" of the schedule
+    shop = RunReport("shop", "incremental")
+    shop.counts = {
+        "contacts": {"objects": 30, "profiles": 26},
+        "conversations": {"objects": 12, "events:Replied to Conversation": 4, "events:Rated Conversation": 1},
+        "tickets": {"objects": 5, "events:Replied to Conversation": 2},  # same metric name: summed
+        "_delivery": {"events_failed": 1, "profiles_failed": 2, "events_sent": 6},
+        "_run": {"duration_ms": 2500},
+    }
+    broken = RunReport("eu", "incremental")  # failed before it read anything or was ever recorded
+    rejected = RunReport("us", "incremental")
+    rejected.counts = {"_delivery": {"events_failed": 3}, "_run": {"duration_ms": 40}}
+    path = tmp_path / "etl.prom"
+    write_metrics(str(path), [(shop, 0), (broken, 1), (rejected, 6)], store)
+    store.close()
+    assert samples(path) == {
+        ("etl_last_success_timestamp_seconds", (("job", "shop"),)): (T0 + timedelta(seconds=90)).timestamp(),
+        ("etl_run_duration_seconds", (("job", "shop"),)): 2.5,
+        ("etl_run_duration_seconds", (("job", "eu"),)): 0.0,
+        ("etl_run_duration_seconds", (("job", "us"),)): 0.04,
+        ("etl_run_failed", (("job", "shop"),)): 0.0,
+        ("etl_run_failed", (("job", "eu"),)): 1.0,
+        ("etl_run_failed", (("job", "us"),)): 0.0,  # exit 6: finished, some items rejected
+        ("etl_items_rejected", (("job", "shop"),)): 3.0,
+        ("etl_items_rejected", (("job", "eu"),)): 0.0,
+        ("etl_items_rejected", (("job", "us"),)): 3.0,
+        ("etl_objects", (("job", "shop"), ("stream", "contacts"))): 30.0,
+        ("etl_objects", (("job", "shop"), ("stream", "conversations"))): 12.0,
+        ("etl_objects", (("job", "shop"), ("stream", "tickets"))): 5.0,
+        ("etl_events", (("job", "shop"), ("metric", "Replied to Conversation"))): 6.0,
+        ("etl_events", (("job", "shop"), ("metric", "Rated Conversation"))): 1.0,
+    }
+    assert [p.name for p in tmp_path.iterdir() if p.name != "state.db"] == ["etl.prom"]  # no temp file left
+
+
+def test_metrics_file_is_replaced_whole_on_the_next_run(tmp_path: Path) -> None:
+    """A second write replaces the file: a job not in this run's results leaves no stale series behind."""
+    store = StateStore(f"sqlite:///{tmp_path}/state.db")
+    store.upgrade()
+    path = tmp_path / "etl.prom"
+    write_metrics(str(path), [(RunReport("old", "incremental"), 1)], store)
+    write_metrics(str(path), [(RunReport("new", "incremental"), 0)], store)
+    store.close()
+    assert {dict(labels)["job"] for _, labels in samples(path)} == {"new"}
