@@ -40,6 +40,11 @@ DEFAULT_METRIC_NAMES = (
 )
 PROPERTY_KEYS = (*EVENT_PROPERTY_KEYS, *PROFILE_PROPERTY_KEYS)  # what property_names may rename
 MAX_PER_PAGE = 150  # Intercom search: per_page maximum (spec 2.16, StartingAfterPaging)
+MIN_INTERCOM_VERSION = (2, 16)  # DESIGN §5: older versions answer merged contacts with 404 (not 410 + Link)
+# Intercom's "Unstable" version is where changes land before they are numbered (its docs: "everything within
+# is subject to change"), so it is newer than every numbered version, 2.16 included: accepted.
+UNSTABLE_INTERCOM_VERSION = "Unstable"
+_VERSION = re.compile(r"^(\d+)\.(\d+)$")
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -242,6 +247,27 @@ def _string(value: Any, path: str, out: _Collector, pattern: re.Pattern[str] | N
     return value.strip()
 
 
+def _intercom_version(value: Any, path: str, out: _Collector) -> str:
+    """The Intercom-Version to send: "2.16" or later (compared as numbers: 2.9 < 2.16), or "Unstable"."""
+    version = _string(value, path, out)
+    if not version or version == UNSTABLE_INTERCOM_VERSION:
+        return version
+    match = _VERSION.match(version)
+    if match is None:
+        out.add(path, f'expected an Intercom API version like "2.16" or "Unstable", got {value!r}')
+    elif (int(match.group(1)), int(match.group(2))) < MIN_INTERCOM_VERSION:
+        # YAML reads an unquoted 2.10 as the number 2.1: say so, or the message names a version never written
+        hint = (
+            "" if isinstance(value, str) else ' (unquoted, YAML reads 2.10 as the number 2.1: write "2.10")'
+        )
+        out.add(
+            path,
+            f"Intercom API version {version} is too old: 2.16 or later is required (older versions answer "
+            f"merged contacts with 404 and, before 2.12, send ticket_state as a bare string){hint}",
+        )
+    return version
+
+
 def _names(value: Any, path: str, out: _Collector, allowed: tuple[str, ...] | None) -> dict[str, str]:
     table = out.mapping(value, path, allowed=tuple(value or {}) if isinstance(value, dict) else ())
     result: dict[str, str] = {}
@@ -286,7 +312,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
         token_env=_string(
             ic.get("token_env", defaults_ic.token_env), f"{path}.intercom.token_env", out, _ENV_NAME
         ),
-        version=_string(ic.get("version", defaults_ic.version), f"{path}.intercom.version", out),
+        version=_intercom_version(ic.get("version", defaults_ic.version), f"{path}.intercom.version", out),
         per_page=per_page,
     )
     klaviyo = KlaviyoSettings(

@@ -28,6 +28,12 @@ How `pages(window)` reads a window `[since, until)` completely, whatever the ser
 - assumption: the server orders equal `updated_at` consistently (by id), as Intercom's `[updated_at, id]`
   cursors do; objects sharing a timestamp across a page boundary are then read once.
 - a cursor seen twice in one call is a server loop: IntercomError rather than paging forever.
+
+Contacts leave here complete: a contact's `tags` list shows at most 10 tags (spec 2.16, contact_tags: "Up to
+10 will be displayed here. Use the url to get more."), so for a contact whose list says `has_more` the full
+list is read with `GET /contacts/{id}/tags` and put in its place: one call for each such contact, none for
+the others (as other connectors do, e.g. estuary/connectors#2463). A contact gone by then (404; or 410, should
+the API answer a merged one as `GET /contacts/{id}` does) is left out: its survivor is read in its stead.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -165,6 +171,8 @@ class IntercomClient(ApiClient):
                 if since <= _epoch(obj) < until and str(obj.get("id")) not in yielded:
                     yielded.add(str(obj.get("id")))
                     fresh.append(obj)
+            if stream == "contacts":
+                fresh = self._with_all_tags(fresh)
             number += 1
             yield Page(stream=stream, objects=tuple(fresh), total_count=total, number=number)
             last_read = _epoch(objects[-1]) if objects else last_read
@@ -207,6 +215,33 @@ class IntercomClient(ApiClient):
         return self._tags
 
     # -- contacts ---------------------------------------------------------------------------------
+    def _with_all_tags(self, contacts: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The contacts with every tag in their `tags` list: one `GET /contacts/{id}/tags` for each contact
+        whose list has more than it shows, none for the others; a contact gone meanwhile is left out."""
+        complete = []
+        for contact in contacts:
+            tags = contact.get("tags")
+            if not isinstance(tags, Mapping) or tags.get("has_more") is not True:
+                complete.append(contact)
+                continue
+            every = self._contact_tags(str(contact.get("id")))
+            if every is not None:
+                full = {**tags, "data": every, "total_count": len(every), "has_more": False}
+                complete.append({**contact, "tags": full})
+        return complete
+
+    def _contact_tags(self, contact_id: str) -> list[dict[str, Any]] | None:
+        """All tag objects of a contact (spec 2.16, listTagsForAContact: a `list` of `tag`), or None if the
+        contact is gone (404 User Not Found; 410 as for a merged contact's own GET)."""
+        path = f"/contacts/{quote(contact_id, safe='')}/tags"
+        reply = self.http.request("GET", path, accept=(404, 410))
+        if reply.status in (404, 410):
+            return None
+        items = reply.body.get("data") if isinstance(reply.body, dict) else None
+        if not isinstance(items, list):
+            raise IntercomError(f"Intercom answered GET {path} with an unexpected body; try again later")
+        return [tag for tag in items if isinstance(tag, dict)]
+
     def _search_ids(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), MAX_IDS_PER_LOOKUP):
@@ -215,7 +250,7 @@ class IntercomClient(ApiClient):
             seen: set[str] = set()
             while True:
                 body = self._search("contacts", query, cursor, sort=False)
-                for contact in body["data"]:
+                for contact in self._with_all_tags(body["data"]):
                     found[str(contact.get("id"))] = contact
                 cursor = self._next_cursor(body)
                 if cursor is None:
@@ -235,7 +270,11 @@ class IntercomClient(ApiClient):
             if reply.status == 404:
                 return None, None
             if reply.status != 410:
-                return current, reply.body if isinstance(reply.body, dict) else None
+                contact = reply.body if isinstance(reply.body, dict) else None
+                if contact is None:
+                    return current, None
+                complete = self._with_all_tags([contact])  # GET /contacts/{id} lists 10 tags too
+                return (current, complete[0]) if complete else (None, None)
             match = _LINK.search(reply.headers.get("Link") or "")
             if match is None:
                 return None, None
@@ -246,7 +285,8 @@ class IntercomClient(ApiClient):
         """Requested id -> raw contact (the survivor's, for merged contacts); unknown ids are absent.
 
         Live contacts come from `POST /contacts/search` with `id IN [...]` in chunks; merged contacts are not
-        searchable (spec), so each missing id costs one `GET /contacts/{id}` to read its 410 `Link`.
+        searchable (spec), so each missing id costs one `GET /contacts/{id}` to read its 410 `Link`. Contacts
+        come with all their tags (see the module docstring).
         """
         wanted = list(dict.fromkeys(str(i) for i in ids))
         found = self._search_ids(wanted)

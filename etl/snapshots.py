@@ -131,6 +131,12 @@ def contact_ids(value: Any) -> list[str]:
     return [ident for ident in ids if ident is not None]
 
 
+def avatar_url(value: Any) -> str | None:
+    """The contact's avatar URL: from the spec's `{"type": "avatar", "image_url": ...}`, or the bare URL
+    string clients in the field meet (Airbyte's Intercom connector reference types `avatar` as a string)."""
+    return text(value) if isinstance(value, str) else text(obj(value).get("image_url"))
+
+
 def tag_list(value: Any) -> list[dict[str, str]]:
     """Tags as {id, name?}, sorted by id so a re-read in another order has the same digest."""
     tags = []
@@ -250,7 +256,7 @@ def _contact(raw: Mapping[str, Any]) -> dict[str, Any]:
         "email": email(raw.get("email")),
         "phone": (text(raw.get("phone")) or "").strip() or None,
         "name": (text(raw.get("name")) or "").strip() or None,
-        "avatar": text(obj(raw.get("avatar")).get("image_url")),
+        "avatar": avatar_url(raw.get("avatar")),
         "location": {key: text(location.get(key)) for key in ("city", "country", "region")},
         "has_hard_bounced": flag(raw.get("has_hard_bounced")),
         "marked_email_as_spam": flag(raw.get("marked_email_as_spam")),

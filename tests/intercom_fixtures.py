@@ -95,8 +95,29 @@ def expected_ids(ws: Workspace, stream: str, since: datetime, until: datetime) -
     return {o["id"] for o in ws.objects(stream) if since <= at(o["updated_at"]) < until}
 
 
+def deviations(validator: jsonschema.protocols.Validator, body: Any) -> list[str]:
+    """The JSON paths at which `body` breaks a schema fragment, sorted ([] when it validates)."""
+    return sorted("/".join(map(str, error.absolute_path)) for error in validator.iter_errors(body))
+
+
+def string_avatars(contacts: list[dict[str, Any]], prefix: str = "") -> list[str]:
+    """The paths of the avatars served as bare URL strings: the one departure from the spec the sandbox plays
+    on purpose (clients in the field meet it), so contract checks expect exactly these."""
+    paths = (
+        f"{prefix}{i}/avatar" for i, contact in enumerate(contacts) if isinstance(contact["avatar"], str)
+    )
+    return sorted(paths)
+
+
 @functools.cache
 def contract(name: str) -> jsonschema.protocols.Validator:
     """A validator for the schema fragment tests/contracts/intercom_{name}.json (built once)."""
     schema = json.loads((CONTRACTS / f"intercom_{name}.json").read_text())
     return jsonschema.Draft202012Validator(schema)
+
+
+@functools.cache
+def operation_contract(name: str, status: str) -> jsonschema.protocols.Validator:
+    """A validator for one status's response schema in the operation fragment contracts/intercom_{name}.json."""
+    document = json.loads((CONTRACTS / f"intercom_{name}.json").read_text())
+    return jsonschema.Draft202012Validator({"$schema": document["$schema"], **document["responses"][status]})

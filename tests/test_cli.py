@@ -250,3 +250,22 @@ def test_outbox_is_a_group_whose_default_lists(tmp_path: Path, db_url: str) -> N
     assert (
         ignored.stderr.strip() == "etl: error: No such option '--older-than'. (see `etl outbox list --help`)"
     )
+
+
+@pytest.mark.parametrize(("version", "code"), [("2.15", 2), ("2.9", 2), ("2.16", 0), ("2.17", 0)])
+def test_check_refuses_an_intercom_version_before_2_16(tmp_path: Path, version: str, code: int) -> None:
+    """`etl check` stops on an Intercom version older than 2.16 with the one-line reason and exit 2."""
+    path = tmp_path / "jobs.yaml"
+    path.write_text(JOBS.format(url="sqlite:///" + str(tmp_path / "s.db")).replace(
+        "token_env: IC_TOKEN}", f'token_env: IC_TOKEN, version: "{version}"}}'
+    ))  # fmt: skip
+    result = invoke("--config", str(path), "check", env={"IC_TOKEN": "t", "KL_KEY": "k"})
+    assert result.exit_code == code, result.output
+    if code:
+        assert result.stderr.strip() == (
+            f"etl: error: jobs.shop.intercom.version: Intercom API version {version} is too old: 2.16 or later "
+            "is required (older versions answer merged contacts with 404 and, before 2.12, send ticket_state "
+            "as a bare string)"
+        )
+    else:
+        assert result.stdout.startswith("shop: ok")

@@ -165,3 +165,41 @@ def test_parsers() -> None:
     assert parse_timestamp("2026-03-01T10:00:00+02:00") == datetime(2026, 3, 1, 8, tzinfo=UTC)
     assert parse_timestamp("2026-03-01") == datetime(2026, 3, 1, tzinfo=UTC)
     assert parse_timestamp("2026-03-01T10:00:00Z") == datetime(2026, 3, 1, 10, tzinfo=UTC)
+
+
+TOO_OLD = (
+    "jobs.shop.intercom.version: Intercom API version {} is too old: 2.16 or later is required (older versions "
+    "answer merged contacts with 404 and, before 2.12, send ticket_state as a bare string)"
+)
+
+
+@pytest.mark.parametrize("version", ['"2.15"', '"2.9"', '"2.1"', '"1.4"'])
+def test_an_intercom_version_older_than_2_16_is_refused(version: str) -> None:
+    """Versions compare as numbers (2.9 < 2.16), and any below 2.16 is one problem line with the reason."""
+    text = GOOD.replace("per_page: 50", f"per_page: 50, version: {version}")
+    assert problems(text) == [TOO_OLD.format(version.strip('"'))]
+
+
+def test_an_unquoted_version_yaml_turned_into_a_number_says_so() -> None:
+    """`version: 2.10` unquoted is the number 2.1 to YAML: the message shows it and how to write it."""
+    text = GOOD.replace("per_page: 50", "per_page: 50, version: 2.10")
+    assert problems(text) == [
+        TOO_OLD.format("2.1") + ' (unquoted, YAML reads 2.10 as the number 2.1: write "2.10")'
+    ]
+
+
+@pytest.mark.parametrize("version", ['"2.16"', "2.16", '"2.17"', '"2.100"', '"3.0"', '"Unstable"'])
+def test_intercom_version_2_16_and_later_and_unstable_are_accepted(version: str) -> None:
+    """2.16, every later numbered version and Intercom's Unstable (ahead of all of them) are sent as written."""
+    text = GOOD.replace("per_page: 50", f"per_page: 50, version: {version}")
+    assert parse_settings(text, {}).jobs["shop"].intercom.version == version.strip('"')
+
+
+@pytest.mark.parametrize("version", ['"v2.16"', '"unstable"', '"2"', '"latest"'])
+def test_a_version_that_is_no_intercom_version_is_refused(version: str) -> None:
+    """Anything but MAJOR.MINOR or Unstable is named with what was expected."""
+    text = GOOD.replace("per_page: 50", f"per_page: 50, version: {version}")
+    assert problems(text) == [
+        f'jobs.shop.intercom.version: expected an Intercom API version like "2.16" or "Unstable", '
+        f"got '{version.strip(chr(34))}'"
+    ]

@@ -149,3 +149,29 @@ def test_conversations_and_tickets_are_varied(ws: Workspace) -> None:
     assert {c["admin_assignee_id"] == 0 for c in convs} == {True, False}
     assert len({t["ticket_type"]["id"] for t in ws.tickets.values()}) == 3
     assert START.timestamp() <= ws.now
+
+
+def test_some_contacts_have_more_tags_than_intercom_lists_and_some_string_avatars(ws: Workspace) -> None:
+    """Some contacts carry 11+ distinct tags, some avatars are bare URL strings, and the rest keep the spec's
+    shapes: the sandbox plays the field's rough sides for the client to cope with."""
+    contacts = list(ws.contacts.values())
+    counts = [len(c["tags"]["data"]) for c in contacts]
+    assert any(n > 10 for n in counts) and any(n <= 10 for n in counts)
+    for contact in contacts:
+        ids = [ref["id"] for ref in contact["tags"]["data"]]
+        assert len(ids) == len(set(ids)) == contact["tags"]["total_count"]
+        assert set(ids) <= {tag["id"] for tag in ws.tags}
+    assert {type(c["avatar"]) for c in contacts} == {dict, str}
+
+
+def test_retagging_changes_only_tags_beyond_the_tenth_and_is_in_the_history(ws: Workspace) -> None:
+    """A contact.retagged record swaps one tag after the 10th for another; the contact shows its last record."""
+    retagged = by_object(ws.history, "contact.retagged")
+    assert retagged
+    for contact_id, changes in retagged.items():
+        contact = ws.contacts[contact_id]
+        assert [ref["id"] for ref in contact["tags"]["data"]] == changes[-1].details["tags"]
+        assert contact["updated_at"] >= changes[-1].time
+        for change in changes:
+            after = change.details["tags"]
+            assert change.details["removed"] not in after and after.index(change.details["added"]) >= 10

@@ -31,7 +31,7 @@ def test_a_429_storm_is_survived_by_waiting_until_each_reset() -> None:
     fake = FakeTime(EPOCH)
     with sandbox(clock=fake.clock) as sb, client(sb, fake) as c:
         sb.faults.storm_requests = 3
-        assert len(c.tags()) == 8
+        assert c.tags() == {t["id"]: t["name"] for t in sb.workspace.tags}
         assert fake.waits == [7.0, 10.0, 10.0]
         assert (c.stats.throttled, c.stats.retries, c.stats.waited_seconds) == (3, 3, 27.0)
 
@@ -132,7 +132,8 @@ def test_admins_teams_and_tags_are_fetched_once_and_mapped() -> None:
 
 
 def test_lookup_contacts_batches_ids_and_follows_merges_to_the_survivor() -> None:
-    """Live ids come from chunked id-IN searches, merged ids map to their survivor, unknown ids are absent."""
+    """Live ids come from chunked id-IN searches, merged ids map to their survivor, unknown ids are absent;
+    every contact found carries all its tags, read once for each contact with more than its list shows."""
     ws = workspace(contacts=40)
     live = sorted(ws.contacts)[:20]
     merged = sorted(ws.merged)
@@ -145,7 +146,16 @@ def test_lookup_contacts_batches_ids_and_follows_merges_to_the_survivor() -> Non
     assert {i: found[i]["id"] for i in merged} == ws.merged
     assert "000000000000000000000000" not in found
     assert searches == -(-(20 + len(merged) + 1) // MAX_IDS_PER_LOOKUP)  # one id-IN search per chunk
-    assert len(gets) == 2 * len(merged) + 1  # 410 then the survivor for each merged id; a 404 for the unknown
+    tag_gets = [p for p in gets if p.endswith("/tags")]
+    assert (
+        len(gets) - len(tag_gets) == 2 * len(merged) + 1
+    )  # 410 then the survivor per merged id; 404 unknown
+    returned = set(live) | set(ws.merged.values())
+    heavy = {i for i in returned if len(ws.contacts[i]["tags"]["data"]) > 10}
+    assert heavy and sorted(tag_gets) == sorted(f"/contacts/{i}/tags" for i in heavy)
+    assert {i: [t["id"] for t in contact["tags"]["data"]] for i, contact in found.items()} == {
+        i: [t["id"] for t in ws.contacts[contact["id"]]["tags"]["data"]] for i, contact in found.items()
+    }
 
 
 def test_the_client_sends_the_configured_intercom_version() -> None:

@@ -40,6 +40,46 @@ def test_populated_contact_maps_to_every_profile_field():
     }
 
 
+@pytest.mark.parametrize(
+    ("avatar", "image"),
+    [
+        ({"type": "avatar", "image_url": "https://example.org/jo.jpg"}, "https://example.org/jo.jpg"),
+        ("https://example.org/jo.jpg", "https://example.org/jo.jpg"),  # a bare URL, as met in the field
+        ({"type": "avatar", "image_url": None}, None),
+        ("", None),
+        (None, None),
+        (7, None),
+    ],
+)
+def test_avatar_as_object_or_bare_string_gives_the_image(avatar, image):
+    """The profile image is the avatar's image_url, or the avatar itself when Intercom sent a URL string."""
+    profile, _ = profile_of(contact(avatar=avatar))
+    assert profile is not None and profile.image == image
+
+
+def test_the_same_avatar_in_either_shape_gives_the_same_unique_id():
+    """An avatar that turns from object to string (same URL) is no change: the snapshot digest stays."""
+    url = "https://example.org/jo.jpg"
+    as_object = to_snapshot("contacts", contact(avatar={"type": "avatar", "image_url": url}))
+    as_string = to_snapshot("contacts", contact(avatar=url))
+    assert as_object.digest == as_string.digest
+
+
+def test_tags_beyond_the_tenth_are_part_of_the_digest_and_the_profile():
+    """A contact whose tags list was completed carries every tag; a change to the 11th changes the digest."""
+    names = {str(n): f"tag-{n}" for n in range(1, 16)}
+    refs = [{"type": "tag", "id": str(n)} for n in range(1, 15)]
+    before = contact(tags={"type": "list", "data": refs, "total_count": 14, "has_more": False})
+    after = contact(tags={"type": "list", "data": [*refs[:10], {"type": "tag", "id": "15"}, *refs[11:]]})
+    first, second = to_snapshot("contacts", before), to_snapshot("contacts", after)
+    assert first.digest != second.digest
+    profile, _ = to_profile(second, names, "US")
+    assert profile is not None
+    assert profile.properties["intercom_tags"] == sorted(
+        names[str(n)] for n in [*range(1, 11), 15, 12, 13, 14]
+    )
+
+
 def test_unique_id_is_stable_for_an_unchanged_contact_and_moves_with_content():
     """The same contact read twice keeps its unique_id; a changed field gives a new one."""
     first, _ = profile_of(contact())

@@ -12,7 +12,14 @@ import requests
 from etl.sandbox.generator import Workspace
 from etl.sandbox.intercom_query import Matching, QueryError, compile_query
 from etl.sandbox.intercom_server import IntercomSandbox, IntercomSettings, serve_intercom
-from tests.intercom_fixtures import contract, sandbox, workspace
+from tests.intercom_fixtures import (
+    contract,
+    deviations,
+    operation_contract,
+    sandbox,
+    string_avatars,
+    workspace,
+)
 
 
 def ts(text: str) -> int:
@@ -204,10 +211,14 @@ def test_an_invalid_sort_order_is_a_400(http: requests.Session, sb: IntercomSand
 def test_search_results_match_the_spec_schemas(
     http: requests.Session, sb: IntercomSandbox, stream: str, name: str
 ) -> None:
-    """Contact and ticket search responses validate against the 2.16 schema fragments."""
+    """Contact and ticket search responses validate against the 2.16 schema fragments, but for the avatars
+    served as bare strings on purpose."""
     reply = search(http, sb, stream, {"query": flt("id", "!=", "x"), "pagination": {"per_page": 150}})
-    contract(name).validate(reply.json())
-    assert reply.json()["total_count"] == len(sb.workspace.objects(stream))
+    body = reply.json()
+    key = "data" if stream == "contacts" else "tickets"
+    expected = string_avatars(body[key], prefix=f"{key}/") if stream == "contacts" else []
+    assert deviations(contract(name), body) == expected
+    assert body["total_count"] == len(sb.workspace.objects(stream))
 
 
 def test_reference_lists_and_contacts_match_the_spec_schemas(
@@ -220,10 +231,14 @@ def test_reference_lists_and_contacts_match_the_spec_schemas(
         assert reply.status_code == 200
         assert reply.json()[key], f"/{path} is empty, so its item schema would check nothing"
         contract(name).validate(reply.json())  # raises ValidationError on any mismatch
-    contact_id = next(iter(sb.workspace.contacts))
-    reply = http.get(f"{sb.url}/contacts/{contact_id}")
-    assert reply.status_code == 200 and reply.json()["id"] == contact_id
-    contract("contact").validate(reply.json())
+    assert sb.workspace.contacts
+    for contact_id in sb.workspace.contacts:
+        reply = http.get(f"{sb.url}/contacts/{contact_id}")
+        assert reply.status_code == 200 and reply.json()["id"] == contact_id
+        served = reply.json()
+        assert deviations(contract("contact"), served) == (
+            ["avatar"] if isinstance(served["avatar"], str) else []
+        )
 
 
 def test_a_merged_contact_is_410_with_a_link_to_the_survivor(
@@ -238,6 +253,47 @@ def test_a_merged_contact_is_410_with_a_link_to_the_survivor(
     assert http.get(f"{sb.url}/contacts/nobody").status_code == 404
     found = search(http, sb, "contacts", {"query": flt("id", "=", gone)}).json()
     assert found["total_count"] == 0  # merged contacts are excluded from search
+
+
+def test_contacts_show_ten_tags_and_their_tags_endpoint_lists_every_one(
+    http: requests.Session, sb: IntercomSandbox
+) -> None:
+    """Search and GET /contacts/{id} show at most 10 tags with total_count and has_more; GET
+    /contacts/{id}/tags lists all of them as spec-shaped tag objects; merged and unknown ids are a 404."""
+    ws = sb.workspace
+    reply = search(http, sb, "contacts", {"query": flt("id", "!=", "x"), "pagination": {"per_page": 150}})
+    served = {contact["id"]: contact for contact in reply.json()["data"]}
+    heavy = [i for i, contact in ws.contacts.items() if len(contact["tags"]["data"]) > 10]
+    assert heavy and len(heavy) < len(ws.contacts)  # the premise: some contacts have more than 10 tags
+    for contact_id, contact in ws.contacts.items():
+        every = [ref["id"] for ref in contact["tags"]["data"]]
+        for shown in (served[contact_id], http.get(f"{sb.url}/contacts/{contact_id}").json()):
+            tags = shown["tags"]
+            assert [ref["id"] for ref in tags["data"]] == every[:10]
+            assert (tags["total_count"], tags["has_more"]) == (len(every), len(every) > 10)
+    names = {tag["id"]: tag["name"] for tag in ws.tags}
+    for contact_id in heavy:
+        listed = http.get(f"{sb.url}/contacts/{contact_id}/tags")
+        assert listed.status_code == 200
+        assert deviations(operation_contract("list_tags_for_a_contact", "200"), listed.json()) == []
+        assert listed.json()["type"] == "list"
+        assert [(t["type"], t["id"], t["name"]) for t in listed.json()["data"]] == [
+            ("tag", ref["id"], names[ref["id"]]) for ref in ws.contacts[contact_id]["tags"]["data"]
+        ]
+    for gone in (next(iter(ws.merged)), "nobody"):
+        missing = http.get(f"{sb.url}/contacts/{gone}/tags")
+        assert missing.status_code == 404
+        assert missing.json()["errors"] == [{"code": "not_found", "message": "User Not Found"}]
+        assert deviations(operation_contract("list_tags_for_a_contact", "404"), missing.json()) == []
+
+
+def test_avatars_come_as_objects_and_as_bare_strings(http: requests.Session, sb: IntercomSandbox) -> None:
+    """Some contacts' avatars are served as the spec's object, others as the bare URL string seen in the field."""
+    reply = search(http, sb, "contacts", {"query": flt("id", "!=", "x"), "pagination": {"per_page": 150}})
+    avatars = [contact["avatar"] for contact in reply.json()["data"]]
+    assert {type(avatar) for avatar in avatars} == {dict, str}
+    urls = {a if isinstance(a, str) else a["image_url"] for a in avatars}
+    assert all(url.startswith("https://static.example/avatars/") for url in urls)
 
 
 def test_auth_version_and_rate_limit_headers() -> None:

@@ -1,17 +1,23 @@
 """A seeded, realistic Intercom workspace for the sandbox, tests and benchmarks.
 
     ws = Workspace(seed=7, start=datetime(2026, 3, 1, tzinfo=UTC), contacts=40, conversations=60, tickets=20)
-    ws.contacts / ws.conversations / ws.tickets   # id -> raw JSON object as the 2.16 API returns it
+    ws.contacts / ws.conversations / ws.tickets   # id -> raw JSON object as the 2.16 API returns it*
     ws.merged                                    # merged (gone) contact id -> surviving contact id
     ws.admins / ws.teams / ws.tags               # raw admin/team/tag objects
     ws.advance(timedelta(minutes=30))           # new objects, replies, ratings, reads, state changes
     ws.history                                   # every change as a `Change(kind, object_id, time, details)`
 
+*but a contact's `tags.data` holds all its tags: the sandbox server shows 10 of them, as Intercom does.
+
 Time comes only from `start` and the steps given to `advance` (`ws.now` is epoch seconds), randomness only
-from `seed`: the same arguments give the same workspace. Every change moves the object's `updated_at` to the
-change time, the way Intercom moves it; a contact reply also moves the contact's `updated_at`.
+from `seed`: the same arguments give the same workspace. The field's rough shapes (contacts with more tags
+than their tags list shows, avatars as bare URL strings, tags swapped beyond the 10th) draw from a second
+generator seeded from `seed`, so every other draw, and the rest of the workspace, is as it was without them.
+Every change moves the object's `updated_at` to the change time, the way Intercom moves it; a contact reply
+also moves the contact's `updated_at`.
 The history lets a test compute the expected Klaviyo events without the inference code. Kinds:
-`contact.created`, `contact.updated`, `contact.merged` (details: into), `conversation.created` (contact_ids),
+`contact.created`, `contact.updated`, `contact.merged` (details: into), `contact.retagged` (removed, added,
+tags: the tag ids after; at a contact reply), `conversation.created` (contact_ids),
 `conversation.contact_replied`, `conversation.admin_replied`, `conversation.rated` (rating, remark),
 `conversation.read`, `ticket.created` (state), `ticket.state_changed` (previous, state, part_id),
 `ticket.contact_replied` (part_id), and `conversation.updated` / `ticket.updated` from `touch()` (a change
@@ -28,27 +34,35 @@ from typing import Any
 
 from etl.sandbox.intercom_data import (
     ADMINS,
+    CAMPAIGN_TAG_NAMES,
     CITIES,
     DELIVERED_AS,
     FIRST_NAMES,
     LAST_NAMES,
+    MAX_LISTED_TAGS,
     PHONE_FORMATS,
     REMARKS,
     SOURCE_TYPES,
     TAG_NAMES,
     TEAMS,
     TICKET_TYPES,
+    add_unlisted_tags,
     admin_object,
     blank_contact,
     blank_conversation,
     blank_ticket,
     comment_part,
     state_part,
+    swap_an_unlisted_tag,
     tag_object,
+    tag_ref,
     team_object,
 )
 
 DAY = 86_400
+MANY_TAGS_SHARE = 0.15  # of contacts: 11-18 tags, more than their tags list shows
+STRING_AVATAR_SHARE = 0.3  # of contacts: the avatar as a bare URL string (met in the field), not an object
+RETAG_SHARE = 0.5  # of replies by a contact with unlisted tags: one of those is swapped for another tag
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,7 @@ class Workspace:
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
         self.rng = random.Random(seed)
+        self.quirks = random.Random(f"quirks:{seed}")  # the field's rough shapes; never draws from `rng`
         self.now = int(start.timestamp())
         self.history: list[Change] = []
         self.contacts: dict[str, dict[str, Any]] = {}
@@ -85,7 +100,8 @@ class Workspace:
         self.merged: dict[str, str] = {}
         self.admins = [admin_object(i, name, email) for i, (name, email) in enumerate(ADMINS)]
         self.teams = [team_object(i, name, self.admins) for i, name in enumerate(TEAMS)]
-        self.tags = [tag_object(i, name) for i, name in enumerate(TAG_NAMES)]
+        self.tags = [tag_object(i, name) for i, name in enumerate(TAG_NAMES + CAMPAIGN_TAG_NAMES)]
+        self._common_tags = self.tags[: len(TAG_NAMES)]  # what `rng` samples, as it always has
         self._serial = 1000
         self._horizon = self.now  # no change is generated after this moment
         begin = self.now - history_days * DAY
@@ -190,8 +206,12 @@ class Workspace:
             "plan": rng.choice(["free", "pro", "enterprise"]),
             "seats": rng.randint(1, 50),
         }
-        for tag in rng.sample(self.tags, rng.randint(0, 2)):
-            contact["tags"]["data"].append({"type": "tag", "id": tag["id"], "url": f"/tags/{tag['id']}"})
+        for tag in rng.sample(self._common_tags, rng.randint(0, 2)):
+            contact["tags"]["data"].append(tag_ref(tag))
+        if self.quirks.random() < MANY_TAGS_SHARE:
+            add_unlisted_tags(contact, self.tags, self.quirks)
+        if self.quirks.random() < STRING_AVATAR_SHARE:
+            contact["avatar"] = contact["avatar"]["image_url"]
         contact["tags"]["total_count"] = len(contact["tags"]["data"])
         opted_out = rng.choice([0, 0, 0, 1, 2])
         contact["opted_out_subscription_types"]["data"] = [
@@ -262,7 +282,7 @@ class Workspace:
                 "applied_at": moment,
                 "applied_by": {"type": "admin", "id": t["id"]},
             }
-            for t in rng.sample(self.tags, rng.randint(0, 2))
+            for t in rng.sample(self._common_tags, rng.randint(0, 2))
         ]
         self.conversations[conv_id] = conv
         self._log("conversation.created", conv_id, moment, {"contact_ids": contact_ids})
@@ -334,6 +354,11 @@ class Workspace:
             if contact is not None:
                 contact["last_replied_at"] = moment
                 self._touch(contact, moment)
+                if len(contact["tags"]["data"]) > MAX_LISTED_TAGS and self.quirks.random() < RETAG_SHARE:
+                    removed, added = swap_an_unlisted_tag(contact, self.tags, self.quirks)
+                    tags = [ref["id"] for ref in contact["tags"]["data"]]
+                    details = {"removed": removed, "added": added, "tags": tags}
+                    self._log("contact.retagged", contact_id, moment, details)
         self._log("conversation.contact_replied", conv["id"], moment, self._conv_details(conv))
 
     def _admin_reply(self, conv: dict[str, Any], moment: int) -> None:

@@ -1,14 +1,18 @@
 """Vocabulary and object skeletons for the generated Intercom workspace, shaped like the 2.16 schemas.
 
 `blank_*` return every field of the spec's `contact`, `conversation` and `ticket` schemas that the job or
-search reads, with Intercom's empty values; `etl.sandbox.generator` fills them in.
+search reads, with Intercom's empty values; `etl.sandbox.generator` fills them in. A generated contact's
+`tags` list holds all its tags: `as_served` cuts it to what Intercom shows, `tag_list` answers the endpoint
+that lists them all.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 WORKSPACE_ID = "sandbox0"
+MAX_LISTED_TAGS = 10  # spec 2.16, contact_tags: "Up to 10 will be displayed here. Use the url to get more."
 
 FIRST_NAMES = ["anna", "bjorn", "chloe", "dmitri", "elif", "farah", "goran", "hana", "ines", "jonas",
                "kofi", "lena", "mateo", "noor", "oskar", "priya", "quinn", "rosa", "sven", "tomás",
@@ -52,6 +56,10 @@ DELIVERED_AS = [
 ]
 REMARKS = ["", "", "Great help, thanks!", "Took too long.", "Sehr freundlich 👍", "Problem not solved"]
 TAG_NAMES = ["vip", "bug", "billing", "churn-risk", "feedback", "onboarding", "priorité", "beta"]
+# campaign and segment tags, applied by the dozen to some contacts (more than a contact's tags list shows)
+CAMPAIGN_TAG_NAMES = ["newsletter", "trial", "webinar-2026", "partner", "nps-promoter", "nps-detractor",
+                      "cohort-2025q4", "cohort-2026q1", "referral", "power-user", "api-user", "mobile",
+                      "black-friday", "survey-2026", "early-access", "événement"]  # fmt: skip
 ADMINS = [("Ada Support", "ada@support.example"), ("Ben Billing", "ben@support.example"),
           ("Cleo Care", "cleo@support.example"), ("Fin Bot", "fin@support.example")]  # fmt: skip
 TEAMS = ["Support", "Billing", "Escalations"]
@@ -159,6 +167,56 @@ def blank_contact(contact_id: str, moment: int) -> dict[str, Any]:
     contact["opted_out_subscription_types"] = _list(f"/contacts/{contact_id}/subscriptions")
     contact["opted_in_subscription_types"] = _list(f"/contacts/{contact_id}/subscriptions")
     return contact
+
+
+def tag_ref(tag: dict[str, Any]) -> dict[str, Any]:
+    """A tag as a contact's tags list names it (spec 2.16, addressable_list)."""
+    return {"type": "tag", "id": tag["id"], "url": f"/tags/{tag['id']}"}
+
+
+def add_unlisted_tags(contact: dict[str, Any], tags: list[dict[str, Any]], rng: random.Random) -> None:
+    """Tag the contact until it has 11-18 distinct tags: more than its tags list shows."""
+    have = {ref["id"] for ref in contact["tags"]["data"]}
+    more = rng.randint(MAX_LISTED_TAGS + 1, 18) - len(have)
+    contact["tags"]["data"] += [
+        tag_ref(tag) for tag in rng.sample([t for t in tags if t["id"] not in have], more)
+    ]
+
+
+def swap_an_unlisted_tag(
+    contact: dict[str, Any], tags: list[dict[str, Any]], rng: random.Random
+) -> tuple[str, str]:
+    """Replace one tag the contact's tags list does not show with a tag it lacks: (removed id, added id)."""
+    refs = contact["tags"]["data"]
+    have = {ref["id"] for ref in refs}
+    index = rng.randrange(MAX_LISTED_TAGS, len(refs))
+    removed = refs[index]["id"]
+    refs[index] = tag_ref(rng.choice([t for t in tags if t["id"] not in have]))
+    return removed, refs[index]["id"]
+
+
+def as_served(contact: dict[str, Any]) -> dict[str, Any]:
+    """The contact as Intercom serves it (in search results and GET /contacts/{id}): its `tags` list shows the
+    first MAX_LISTED_TAGS tags, `total_count` counts them all, `has_more` says some are not shown. Changes
+    and returns `contact`, so pass a copy."""
+    tags = contact["tags"]
+    listed = tags["data"]
+    tags.update(
+        data=listed[:MAX_LISTED_TAGS], total_count=len(listed), has_more=len(listed) > MAX_LISTED_TAGS
+    )
+    return contact
+
+
+def tag_list(contact: dict[str, Any], tags: list[dict[str, Any]], admin_id: str) -> dict[str, Any]:
+    """GET /contacts/{id}/tags: every tag of the contact as a tag object (spec 2.16, listTagsForAContact)."""
+    names = {tag["id"]: tag["name"] for tag in tags}
+    applied = {"type": "admin", "id": admin_id}
+    data = [
+        {"type": "tag", "id": ref["id"], "name": names[ref["id"]], "applied_at": contact["created_at"],
+         "applied_by": dict(applied)}
+        for ref in contact["tags"]["data"]
+    ]  # fmt: skip
+    return {"type": "list", "data": data}
 
 
 def _contact_refs(contact_ids: list[str]) -> dict[str, Any]:

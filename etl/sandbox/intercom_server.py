@@ -7,10 +7,15 @@ Endpoints: `POST /contacts/search`, `/conversations/search`, `/tickets/search` (
 matching in `etl.sandbox.intercom_query`; `per_page` default 50 for contacts, 20 otherwise, maximum 150;
 `sort` by any field (default `created_at`), `ascending|descending` (default `descending`); ties by id;
 `total_count`; `pages`),
-`GET /admins`, `/teams`, `/tags`, `GET /contacts/{id}`. Merged contacts are absent from search (spec:
-"Contacts that have been merged ... are excluded from search results") and `GET /contacts/{id}` answers
-them with 410 `contact_merged` and `Link: </contacts/{survivor}>; rel="canonical"` (spec, ShowContact; the
-Merge operation's text says 404 instead: we follow the ShowContact response table, as docs/design.md §5 does).
+`GET /admins`, `/teams`, `/tags`, `GET /contacts/{id}`, `GET /contacts/{id}/tags`. Merged contacts are absent
+from search (spec: "Contacts that have been merged ... are excluded from search results") and
+`GET /contacts/{id}` answers them with 410 `contact_merged` and `Link: </contacts/{survivor}>;
+rel="canonical"` (spec, ShowContact; the Merge operation's text says 404 instead: we follow the ShowContact
+response table, as docs/design.md §5 does).
+A served contact lists at most 10 of its tags, with `total_count` and `has_more` (spec, contact_tags: "Up to
+10 will be displayed here. Use the url to get more."); `GET /contacts/{id}/tags` lists them all as tag
+objects. That sub-resource documents 404 `User Not Found` and no 410, so a merged contact (deleted by the
+merge, per the Merge operation's text) is a 404 there, like an unknown id.
 Every request needs `Authorization: Bearer <token>` (else 401 `unauthorized`, the spec's error body); an
 `Intercom-Version` outside the spec's enum is a 400 `intercom_version_invalid`; a missing one means 2.16.
 Every reply carries `X-RateLimit-Limit/Remaining/Reset` for a budget per 10-second window (Reset is the
@@ -39,13 +44,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from etl.sandbox.generator import Change, Workspace
+from etl.sandbox.intercom_data import as_served, tag_list
 from etl.sandbox.intercom_query import Matching, QueryError, compile_query, search_values
 from etl.sandbox.server import Faults, SandboxHandler, SandboxServer
 
 DEFAULT_TOKEN = "sandbox-intercom-token"
 API_VERSIONS = frozenset(
-    ["1.0", "1.1", "1.2", "1.3", "1.4"] + [f"2.{n}" for n in range(17)]
-)  # spec: components.schemas.intercom_version
+    ["1.0", "1.1", "1.2", "1.3", "1.4"] + [f"2.{n}" for n in range(17)] + ["Unstable"]
+)  # spec: components.schemas.intercom_version, plus the "Unstable" version Intercom's docs describe
 DEFAULT_PER_PAGE = {"contacts": 50, "conversations": 20, "tickets": 20}  # spec: each search's description
 MAX_PER_PAGE = 150  # spec: per_page maximum
 RATE_WINDOW_SECONDS = 10  # docs/design.md §5: Intercom's rate-limit windows are 10 s
@@ -143,6 +149,9 @@ class IntercomHandler(SandboxHandler):
         contact = re.fullmatch(r"/contacts/([^/]+)", path)
         if method == "GET" and contact:
             return server.contact(contact.group(1))
+        tags = re.fullmatch(r"/contacts/([^/]+)/tags", path)
+        if method == "GET" and tags:
+            return server.contact_tags(tags.group(1))
         return 404, _error("not_found", f"No route for {method} {path}"), {}
 
 
@@ -220,6 +229,8 @@ class IntercomServer(SandboxServer):
             start, page = self._position(stream, hits, pagination.get("starting_after"), sort_field, order)
             chunk = hits[start : start + per_page]
             body = json.loads(json.dumps(chunk))  # a copy: later changes never leak into a sent page
+        if stream == "contacts":
+            body = [as_served(contact) for contact in body]
         kind, key = LIST_KEYS[stream]
         total_pages = -(-len(hits) // per_page)
         pages: dict[str, Any] = {
@@ -275,7 +286,7 @@ class IntercomServer(SandboxServer):
         with self.lock:
             found = self.workspace.contacts.get(contact_id)
             if found is not None:
-                return 200, found, {}
+                return 200, as_served(json.loads(json.dumps(found))), {}
             survivor, hops = contact_id, 0
             while survivor in self.workspace.merged and hops < 3:  # spec: chains resolved "up to 3 hops"
                 survivor, hops = self.workspace.merged[survivor], hops + 1
@@ -286,6 +297,13 @@ class IntercomServer(SandboxServer):
             )
             return 410, body, {"Link": f'</contacts/{survivor}>; rel="canonical"'}
         return 404, _error("not_found", "User Not Found"), {}
+
+    def contact_tags(self, contact_id: str) -> tuple[int, Any, dict[str, str]]:
+        with self.lock:
+            found = self.workspace.contacts.get(contact_id)
+            if found is None:  # unknown or merged away (spec, listTagsForAContact: only a 404 is documented)
+                return 404, _error("not_found", "User Not Found"), {}
+            return 200, tag_list(found, self.workspace.tags, self.workspace.admins[0]["id"]), {}
 
 
 @dataclass
