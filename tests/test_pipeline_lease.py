@@ -6,6 +6,7 @@ import io
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,47 @@ def test_lease_keeper_reports_a_lost_lease(store: StateStore) -> None:
         assert exc.value.exit_code == 75
     finally:
         keeper.stop()
+
+
+class _BrokenStore:
+    """A store whose renewal fails with something that is not an EtlError (a bug, a raw driver error)."""
+
+    def renew_lock(self, job: str, owner: str, ttl: timedelta, now: datetime) -> None:
+        raise OSError("connection pool is closed")
+
+
+def _broken_clock() -> datetime:
+    raise ValueError("naive datetime from a bad clock")
+
+
+@pytest.mark.parametrize(
+    ("store_of", "clock", "reason"),
+    [
+        (lambda real: _BrokenStore(), wall, "OSError: connection pool is closed"),
+        (lambda real: real, _broken_clock, "ValueError: naive datetime from a bad clock"),
+    ],
+    ids=["store", "clock"],
+)
+def test_lease_keeper_treats_an_unexpected_renewal_failure_as_a_lost_lease(
+    store: StateStore, store_of: Any, clock: Any, reason: str
+) -> None:
+    """Any exception in the renewal thread stops renewing, so check() raises LockHeld (75) saying why."""
+    ttl = timedelta(seconds=0.03)
+    store.acquire_lock("j", "runner", ttl, wall())
+    keeper = LeaseKeeper(store_of(store), "j", "runner", ttl, clock)
+    try:
+        deadline = time.monotonic() + 5
+        while keeper.lost is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(LockHeld) as exc:
+            keeper.check()
+    finally:
+        keeper.stop()
+    assert str(exc.value) == (
+        f"renewing the lease of 'j' failed ({reason}): another run could take the job over, "
+        "so this one stops without advancing"
+    )
+    assert exc.value.exit_code == 75
 
 
 def test_backfill_slices_run_beside_the_incremental_lease(db_url: str) -> None:
