@@ -35,6 +35,11 @@ IC_ENV, KL_ENV = "ETL_TEST_IC_TOKEN", "ETL_TEST_KL_KEY"
 STREAMS = ("contacts", "conversations", "tickets")
 
 
+def no_sleep(_seconds: float) -> None:
+    """Polls go round at once. Not for retries: with the real clock a retry budget would take real minutes
+    to run out; give clients a FastTime instead (as `Sandboxes.services` does)."""
+
+
 class FastTime:
     """The clients' clock: real time plus every wait they asked for; the waits return at once and are recorded.
 
