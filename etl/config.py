@@ -23,6 +23,7 @@ import yaml
 
 from etl.errors import ConfigError
 from etl.events import EVENT_PROPERTY_KEYS
+from etl.http import DEFAULT_RETRY_BUDGET
 from etl.models import STREAMS
 from etl.profiles import PROFILE_PROPERTY_KEYS
 
@@ -40,11 +41,15 @@ DEFAULT_METRIC_NAMES = (
 )
 PROPERTY_KEYS = (*EVENT_PROPERTY_KEYS, *PROFILE_PROPERTY_KEYS)  # what property_names may rename
 MAX_PER_PAGE = 150  # Intercom search: per_page maximum (spec 2.16, StartingAfterPaging)
-MIN_INTERCOM_VERSION = (2, 16)  # DESIGN §5: older versions answer merged contacts with 404 (not 410 + Link)
+MIN_INTERCOM_VERSION = (
+    2,
+    16,
+)  # docs/design.md §5: older versions answer merged contacts with 404 (not 410 + Link)
 # Intercom's "Unstable" version is where changes land before they are numbered (its docs: "everything within
 # is subject to change"), so it is newer than every numbered version, 2.16 included: accepted.
 UNSTABLE_INTERCOM_VERSION = "Unstable"
 _VERSION = re.compile(r"^(\d+)\.(\d+)$")
+MIN_RETRY_BUDGET = timedelta(seconds=10)  # less would give up inside one Intercom rate-limit window
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -57,6 +62,7 @@ class IntercomSettings:
     token_env: str = "INTERCOM_ACCESS_TOKEN"
     version: str = "2.16"
     per_page: int = MAX_PER_PAGE
+    retry_budget: timedelta = DEFAULT_RETRY_BUDGET
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class KlaviyoSettings:
     base_url: str = "https://a.klaviyo.com"
     api_key_env: str = "KLAVIYO_API_KEY"
     revision: str = "2026-07-15"
+    retry_budget: timedelta = DEFAULT_RETRY_BUDGET
 
 
 @dataclass(frozen=True)
@@ -283,6 +290,17 @@ def _names(value: Any, path: str, out: _Collector, allowed: tuple[str, ...] | No
     return result
 
 
+def _retry_budget(api: Mapping[str, Any], path: str, out: _Collector) -> timedelta:
+    """How long one request to that API may keep failing before the run gives up (docs/design.md §5)."""
+    if "retry_budget" not in api:
+        return DEFAULT_RETRY_BUDGET
+    budget = out.convert(api["retry_budget"], path, parse_duration, DEFAULT_RETRY_BUDGET)
+    if budget < MIN_RETRY_BUDGET:
+        out.add(path, f"must be at least {MIN_RETRY_BUDGET.seconds}s so a request can wait out a rate limit")
+        return DEFAULT_RETRY_BUDGET
+    return budget
+
+
 def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
     path = f"jobs.{name}"
     if not _JOB_NAME.match(name):
@@ -297,9 +315,13 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
         required=("intercom", "klaviyo", "start_date"),
     )  # fmt: skip
     ic = out.mapping(
-        body.get("intercom"), f"{path}.intercom", ("base_url", "token_env", "version", "per_page")
+        body.get("intercom"),
+        f"{path}.intercom",
+        ("base_url", "token_env", "version", "per_page", "retry_budget"),
     )
-    kl = out.mapping(body.get("klaviyo"), f"{path}.klaviyo", ("base_url", "api_key_env", "revision"))
+    kl = out.mapping(
+        body.get("klaviyo"), f"{path}.klaviyo", ("base_url", "api_key_env", "revision", "retry_budget")
+    )
     defaults_ic, defaults_kl = IntercomSettings(), KlaviyoSettings()
     per_page = ic.get("per_page", defaults_ic.per_page)
     if isinstance(per_page, bool) or not isinstance(per_page, int) or not 1 <= per_page <= MAX_PER_PAGE:
@@ -314,6 +336,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
         ),
         version=_intercom_version(ic.get("version", defaults_ic.version), f"{path}.intercom.version", out),
         per_page=per_page,
+        retry_budget=_retry_budget(ic, f"{path}.intercom.retry_budget", out),
     )
     klaviyo = KlaviyoSettings(
         base_url=_base_url(kl.get("base_url", defaults_kl.base_url), f"{path}.klaviyo.base_url", out),
@@ -321,6 +344,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
             kl.get("api_key_env", defaults_kl.api_key_env), f"{path}.klaviyo.api_key_env", out, _ENV_NAME
         ),
         revision=_string(kl.get("revision", defaults_kl.revision), f"{path}.klaviyo.revision", out),
+        retry_budget=_retry_budget(kl, f"{path}.klaviyo.retry_budget", out),
     )
     streams_raw = body.get("streams", list(STREAMS))
     streams: tuple[str, ...] = STREAMS

@@ -4,28 +4,41 @@ Policy (docs/design.md §5, §6):
 - pace before hitting 429: when a response says the budget is spent (`X-RateLimit-Remaining: 0` with an
   epoch `X-RateLimit-Reset`, Intercom; `RateLimit-Remaining: 0` with a seconds `RateLimit-Reset`, Klaviyo),
   the next request waits until the reset;
-- on 429 wait `Retry-After`, else until the reset, else back off;
-- retry 5xx, timeouts, connection errors and unreadable bodies with exponential backoff + jitter (tenacity);
+- on 429 wait `Retry-After`, else until the reset, else the API's own window (`throttle_wait`, doubling while
+  429s keep naming no wait); an epoch reset is read against the server's clock (its `Date` header) when it
+  sends one, and every 429 waits at least MIN_THROTTLE_WAIT seconds, so a client clock running ahead of the
+  server's cannot turn a 429 into a burst of immediate retries;
+- retry 5xx, timeouts, connection errors and unreadable bodies with exponential backoff + jitter; waiting
+  out a 429 is normal operation and does not grow that backoff;
+- what bounds one request is the time spent retrying it (`retry_budget`, from its first failure): past it
+  the caller's error class says what kept failing, for how long, and which setting waits longer;
 - never retry any other 4xx: it is classified into the caller's error class with a one-line message.
+tenacity drives the loop (retry/stop/wait/sleep hooks); the waits are computed here because tenacity's wait
+strategies count every attempt, 429s included, and its delay-based stops read `time.monotonic`, not `clock`.
 `sleep` and `clock` are injected so tests never patch time.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, Self
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_exponential, wait_random
+from tenacity import RetryCallState, Retrying
 
 from etl.errors import EtlError
 
 DEFAULT_TIMEOUT = (5.0, 60.0)  # (connect, read) seconds; every request has one
-MAX_ATTEMPTS = 8  # first try + 7 retries; a 429 storm of a few windows is survived
+DEFAULT_RETRY_BUDGET = timedelta(minutes=10)  # docs/design.md §5: how long one request may keep failing
 MAX_WAIT_SECONDS = 60.0  # never sleep longer than this for one header-driven wait
+MIN_THROTTLE_WAIT = 1.0  # docs/design.md §5: every 429 waits at least this long, whatever the headers say
+DEFAULT_THROTTLE_WAIT = 1.0  # a 429 that names no wait: Klaviyo's burst window is 1 s (rate limits guide)
+BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_JITTER = 0.5, 20.0, 0.5  # seconds: 0.5, 1, 2, … 20, plus up to 0.5
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -52,10 +65,21 @@ class Reply:
 class _Transient(Exception):
     """A failure worth retrying; `wait` is the server's own hint in seconds, if it gave one."""
 
-    def __init__(self, reason: str, wait: float | None = None) -> None:
+    def __init__(self, reason: str, wait: float | None = None, *, throttled: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.wait = wait
+        self.throttled = throttled  # a 429: waited out, never counted as a failure
+
+
+@dataclass
+class _Retries:
+    """One request's retry state: since when it fails, and how often by kind (each kind has its own backoff)."""
+
+    since: float | None = None  # our clock at the first failure
+    failures: int = 0  # 5xx, timeouts, resets, unreadable bodies
+    unhinted: int = 0  # 429s that named no wait
+    last: _Transient | None = None
 
 
 def redact(text: str, secrets: Collection[str]) -> str:
@@ -64,6 +88,16 @@ def redact(text: str, secrets: Collection[str]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def format_duration(span: timedelta) -> str:
+    """`10m0s`, `45s`, `1h30m0s`: the spelling of durations in messages (whole seconds)."""
+    seconds = max(0, round(span.total_seconds()))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{seconds}s"
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
 
 
 def _float(headers: Mapping[str, str], name: str) -> float | None:
@@ -76,9 +110,36 @@ def _float(headers: Mapping[str, str], name: str) -> float | None:
         return None
 
 
+def _http_date(value: str | None) -> float | None:
+    """An HTTP-date (RFC 9110 §5.6.7, e.g. `Sun, 01 Mar 2026 12:00:07 GMT`) as a UNIX time, or None."""
+    if not value:
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def server_time(headers: Mapping[str, str], fallback: float) -> float:
+    """The server's clock when it answered (its `Date` header), else `fallback` (ours).
+
+    `Date` has whole seconds, truncated: a wait computed from it comes out up to a second long, never short.
+    """
+    moment = _http_date(headers.get("Date"))
+    return fallback if moment is None else moment
+
+
 def reset_wait(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds until the rate-limit window resets, from either header family, or None if unknown."""
+    """Seconds until the rate-limit window resets, from either header family, or None if unknown.
+
+    `now` is the server's time (`server_time`): an epoch reset minus our own clock would be off by however
+    far the two clocks disagree (a client two minutes ahead would never wait at all).
+    """
     retry_after = _float(headers, "Retry-After")
+    if retry_after is None:  # RFC 9110 §10.2.3 allows an HTTP-date too
+        moment = _http_date(headers.get("Retry-After"))
+        retry_after = None if moment is None else moment - now
     if retry_after is not None:
         return max(0.0, retry_after)
     epoch_reset = _float(headers, "X-RateLimit-Reset")  # Intercom: a UNIX time
@@ -131,9 +192,12 @@ class HttpClient:
         credential: str = "token",  # what the variable holds, for messages ("token", "private API key")
         secrets: Collection[str] = (),
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-        max_attempts: int = MAX_ATTEMPTS,
+        retry_budget: timedelta = DEFAULT_RETRY_BUDGET,
+        budget_setting: str = "",  # the jobs.yaml key that raises the budget, for the give-up message
+        throttle_wait: float = DEFAULT_THROTTLE_WAIT,  # first wait after a 429 that names none
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        jitter: Callable[[float, float], float] = random.uniform,
         session: requests.Session | None = None,
     ) -> None:
         self.service = service
@@ -143,9 +207,12 @@ class HttpClient:
         self.credential = credential
         self.secrets = tuple(s for s in secrets if s)
         self.timeout = timeout
-        self.max_attempts = max_attempts
+        self.retry_budget = retry_budget
+        self.budget_setting = budget_setting or f"{service.lower()}.retry_budget"
+        self.throttle_wait = throttle_wait
         self.sleep = sleep
         self.clock = clock
+        self.jitter = jitter
         self.stats = CallStats()
         self.session = session or requests.Session()
         self.session.headers.update(headers)
@@ -161,19 +228,16 @@ class HttpClient:
             self.stats.waited_seconds += seconds
             self.sleep(seconds)
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Transient) and exc.wait is not None:
-            return min(exc.wait, MAX_WAIT_SECONDS)
-        # wait_exponential + wait_random, not wait_exponential_jitter: its `initial` is deprecated in
-        # tenacity 9 (a DeprecationWarning) and its replacement `multiplier` does not exist in 8.x
-        return float((wait_exponential(multiplier=0.5, max=20.0) + wait_random(0, 0.5))(state))
-
-    def _before_sleep(self, state: RetryCallState) -> None:
-        self.stats.retries += 1
-        # tenacity's own sleep is our injected `sleep`; count the wait it is about to do
-        if state.next_action is not None:
-            self.stats.waited_seconds += state.next_action.sleep
+    def _backoff(self, retries: _Retries) -> float:
+        """The wait before the next try: the server's hint for a 429, else an exponential backoff."""
+        failure = retries.last
+        assert failure is not None
+        if not failure.throttled:
+            exponential = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (retries.failures - 1))
+            return exponential + self.jitter(0, BACKOFF_JITTER)
+        # no hint: one window of the API, doubling while 429s keep coming without one
+        wait = failure.wait if failure.wait is not None else self.throttle_wait * 2 ** (retries.unhinted - 1)
+        return max(MIN_THROTTLE_WAIT, min(wait, MAX_WAIT_SECONDS))
 
     def request(
         self,
@@ -191,13 +255,43 @@ class HttpClient:
         Raises the client's `error_class` for every other outcome, with a one-line message.
         """
         url = path if path.startswith("http") else f"{self.base_url}{path}"
+        budget = self.retry_budget.total_seconds()
+        retries = _Retries()
+
+        def failed(state: RetryCallState) -> bool:
+            # tenacity asks this first after every try, once: the one place that counts failures
+            exc = state.outcome.exception() if state.outcome else None
+            if not isinstance(exc, _Transient):
+                return False
+            if retries.since is None:
+                retries.since = self.clock()
+            if exc.throttled:
+                self.stats.throttled += 1
+                retries.unhinted += exc.wait is None
+            else:
+                retries.failures += 1
+            retries.last = exc
+            return True
+
+        def spent(state: RetryCallState) -> bool:
+            # a microsecond of slack: the clock has moved by sums of float waits that land on the budget's end
+            return retries.since is not None and self.clock() - retries.since >= budget - 1e-6
+
+        def wait(state: RetryCallState) -> float:
+            # the last try lands on the budget's end rather than after it; a 429 still waits its minimum
+            assert retries.since is not None  # `failed` ran first
+            left = budget - (self.clock() - retries.since)
+            chosen = min(self._backoff(retries), max(left, 0.0))
+            return max(chosen, MIN_THROTTLE_WAIT) if retries.last and retries.last.throttled else chosen
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.stats.retries += 1
+            # tenacity's own sleep is our injected `sleep`; count the wait it is about to do
+            if state.next_action is not None:
+                self.stats.waited_seconds += state.next_action.sleep
+
         retrying = Retrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(_Transient),
-            sleep=self.sleep,
-            before_sleep=self._before_sleep,
-            reraise=True,
+            retry=failed, stop=spent, wait=wait, sleep=self.sleep, before_sleep=before_sleep, reraise=True
         )
         try:
             for attempt in retrying:
@@ -205,10 +299,13 @@ class HttpClient:
                     return self._send_once(method, url, json, params, data, accept, headers)
         except _Transient as exc:
             raise self.error_class(
-                f"{self.service} kept failing {method} {path}: {exc.reason} after {self.max_attempts} "
-                "attempts; try again later"
+                f"{self.service} kept failing {method} {self._path(url)} for {format_duration(self.retry_budget)} "
+                f"(last: {exc.reason}): try again later; raise {self.budget_setting} to wait longer"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _path(self, url: str) -> str:
+        return url[len(self.base_url) :] if url.startswith(self.base_url) else url
 
     def _send_once(
         self,
@@ -237,12 +334,12 @@ class HttpClient:
         status = response.status_code
         self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
         now = self.clock()
+        server_now = server_time(response.headers, now)  # resets are the server's times, not ours
         if budget_spent(response.headers):
-            wait = reset_wait(response.headers, now)
+            wait = reset_wait(response.headers, server_now)
             self._not_before = now + (wait if wait is not None else 1.0)
         if status == 429:
-            self.stats.throttled += 1
-            raise _Transient("429 rate limited", reset_wait(response.headers, now))
+            raise _Transient("HTTP 429", reset_wait(response.headers, server_now), throttled=True)
         if status in RETRYABLE_STATUSES:
             raise _Transient(f"HTTP {status}")
         if 200 <= status < 300 or status in accept:
@@ -260,7 +357,7 @@ class HttpClient:
 
     def _message(self, method: str, url: str, response: requests.Response) -> str:
         status = response.status_code
-        path = url[len(self.base_url) :] if url.startswith(self.base_url) else url
+        path = self._path(url)
         detail = redact(error_detail(response), self.secrets)
         if status == 401:
             return (

@@ -42,14 +42,16 @@ import math
 import re
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
 from etl.errors import IntercomError
-from etl.http import DEFAULT_TIMEOUT, ApiClient, HttpClient
+from etl.http import DEFAULT_RETRY_BUDGET, DEFAULT_TIMEOUT, ApiClient, HttpClient
 from etl.models import STREAMS, Page, Window
 
 MAX_PER_PAGE = 150  # spec 2.16: search pagination.per_page maximum
+RATE_WINDOW_SECONDS = 10.0  # "limits are distributed over 10 second windows" (Intercom rate limiting docs)
 WINDOW_SLACK_SECONDS = 2 * 86_400  # > the longest calendar day (25 h at a DST change): covers day truncation
 MAX_IDS_PER_LOOKUP = 15  # spec: 15 filters per group; IN is "a shortcut for OR", so we assume values count
 MAX_RESTARTS = 20  # re-reads of one window after the result set shrank while paging
@@ -88,6 +90,7 @@ class IntercomClient(ApiClient):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        retry_budget: timedelta = DEFAULT_RETRY_BUDGET,
     ) -> None:
         self.per_page = max(1, min(per_page, MAX_PER_PAGE))
         self.http = HttpClient(
@@ -102,6 +105,9 @@ class IntercomClient(ApiClient):
             secret_env=token_env,
             secrets=(token,),
             timeout=timeout,
+            retry_budget=retry_budget,
+            budget_setting="intercom.retry_budget",
+            throttle_wait=RATE_WINDOW_SECONDS,  # a 429 without X-RateLimit-Reset: wait out one window
             sleep=sleep,
             clock=clock,
         )

@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
 
 from etl.errors import KlaviyoError
-from etl.http import ApiClient, HttpClient, Reply
+from etl.http import DEFAULT_RETRY_BUDGET, ApiClient, HttpClient, Reply
 from etl.klaviyo_batches import (
     EventBatch,
     ProfileBatch,
@@ -142,6 +142,7 @@ class KlaviyoClient(ApiClient):
         clock: Callable[[], float] = time.time,
         poll_interval: float = POLL_INTERVAL_SECONDS,
         job_timeout: float = JOB_TIMEOUT_SECONDS,
+        retry_budget: timedelta = DEFAULT_RETRY_BUDGET,
     ) -> None:
         self.http = HttpClient(
             service="Klaviyo",
@@ -156,6 +157,11 @@ class KlaviyoClient(ApiClient):
             secret_env=api_key_env,
             credential="private API key",
             secrets=(api_key,),
+            retry_budget=retry_budget,
+            budget_setting="klaviyo.retry_budget",
+            # a 429 without Retry-After: Klaviyo's burst window is 1 s, its steady one 1 min; the wait
+            # doubles from the one towards the other ("rate limits, status codes, and errors" guide)
+            throttle_wait=1.0,
             sleep=sleep,
             clock=clock,
         )

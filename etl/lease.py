@@ -19,6 +19,8 @@ class LeaseKeeper:
 
     Long waits (a Klaviyo import job, a storm of retries) can outlast the TTL; renewing between pages alone
     would let a second run take over a live one. A lost lease is reported to the run at its next page.
+    Any other failure in the thread (a bug, a driver error outside our StateError wrapping) ends the renewals,
+    so it counts as a lost lease too: the run must not go on as if it still held a lease nobody renews.
     """
 
     def __init__(self, store: StateStore, name: str, owner: str, ttl: timedelta,
@@ -42,6 +44,14 @@ class LeaseKeeper:
                 log.warning(
                     "could not renew the lease", extra={"fields": {"lease": self.name, "error": str(exc)}}
                 )
+            except Exception as exc:  # whatever it was, nobody renews the lease any more
+                reason = logs.scrub(f"{type(exc).__name__}: {exc}".replace("\n", " "))[:300]
+                self.lost = (
+                    f"renewing the lease of {self.name!r} failed ({reason}): another run could take the job over, "
+                    "so this one stops without advancing"
+                )
+                log.error("the lease renewal failed", extra={"fields": {"lease": self.name, "error": reason}})
+                return
 
     def check(self) -> None:
         if self.lost is not None:

@@ -43,13 +43,13 @@ def build_services(job: JobSettings, store: StateStore | None, dry_run: bool,
     logs.register_secret(secrets.klaviyo_api_key)
     intercom = IntercomClient(
         job.intercom.base_url, secrets.intercom_token, token_env=job.intercom.token_env,
-        version=job.intercom.version, per_page=job.intercom.per_page,
+        version=job.intercom.version, per_page=job.intercom.per_page, retry_budget=job.intercom.retry_budget,
     )  # fmt: skip
     klaviyo = None
     if not dry_run:
         klaviyo = KlaviyoClient(
             job.klaviyo.base_url, secrets.klaviyo_api_key, api_key_env=job.klaviyo.api_key_env,
-            revision=job.klaviyo.revision,
+            revision=job.klaviyo.revision, retry_budget=job.klaviyo.retry_budget,
         )  # fmt: skip
     return Services(store, intercom, klaviyo)
 

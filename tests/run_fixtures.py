@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,26 @@ STREAMS = ("contacts", "conversations", "tickets")
 
 
 def no_sleep(_seconds: float) -> None:
-    """Retries and polls go round at once."""
+    """Polls go round at once. Not for retries: with the real clock a retry budget would take real minutes
+    to run out; give clients a FastTime instead (as `Sandboxes.services` does)."""
+
+
+class FastTime:
+    """The clients' clock: real time plus every wait they asked for; the waits return at once and are recorded.
+
+    Real time still passes (Klaviyo job polling), while retry budgets and rate-limit waits cost nothing.
+    """
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self._slept = 0.0
+
+    def clock(self) -> float:
+        return time.time() + self._slept
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self._slept += max(seconds, 0.0)
 
 
 class Sandboxes:
@@ -44,6 +64,7 @@ class Sandboxes:
     def __init__(self, seed: int = 3, *, klaviyos: int = 1, **klaviyo_settings: Any) -> None:
         self.workspace = Workspace(seed=seed, start=T0, contacts=40, conversations=60, tickets=20)
         self.intercom_now = [1_000_000_000.0]  # the fake Intercom's rate-limit clock; tests move it
+        self.intercom_time, self.klaviyo_time = FastTime(), FastTime()  # the clients' clocks (see services)
         self.intercom = IntercomSandbox(
             self.workspace, SandboxIntercomSettings(token=IC_TOKEN), clock=lambda: self.intercom_now[0]
         )
@@ -79,15 +100,19 @@ class Sandboxes:
         )
 
     def services(self, store: StateStore | None, klaviyo: int | None = 0, per_page: int = 10) -> Services:
-        """Clients as the CLI builds them, but with a no-op sleep and no poll interval."""
+        """Clients as the CLI builds them, but on a FastTime each (`intercom_time`, `klaviyo_time`: the
+        latest ones, with their waits) and with no poll interval."""
+        self.intercom_time, self.klaviyo_time = FastTime(), FastTime()
         intercom = IntercomClient(
-            self.intercom.url, IC_TOKEN, token_env=IC_ENV, per_page=per_page, sleep=no_sleep
-        )
+            self.intercom.url, IC_TOKEN, token_env=IC_ENV, per_page=per_page,
+            sleep=self.intercom_time.sleep, clock=self.intercom_time.clock,
+        )  # fmt: skip
         client = None
         if klaviyo is not None:
             client = KlaviyoClient(
-                self.klaviyos[klaviyo].url, KL_KEY, api_key_env=KL_ENV, sleep=no_sleep, poll_interval=0
-            )
+                self.klaviyos[klaviyo].url, KL_KEY, api_key_env=KL_ENV, poll_interval=0,
+                sleep=self.klaviyo_time.sleep, clock=self.klaviyo_time.clock,
+            )  # fmt: skip
         return Services(store, intercom, client)
 
     def clock(self) -> datetime:
@@ -119,13 +144,14 @@ def cut_off(boxes: Sandboxes, store: StateStore, job: JobSettings, options: RunO
     conversation_pages = [i for i, (_, path) in enumerate(requests) if path == "/conversations/search"]
     assert len(conversation_pages) >= 4  # enough pages to stop in the middle
     # the fake Intercom's budget runs out at the 3rd conversations page and its clock stands still:
-    # every retry gets a 429 until the client gives up
+    # every retry gets a 429 until the client's retry budget (10 minutes on its FastTime) is spent
     boxes.intercom_now[0] += 10
     boxes.intercom.server.settings.rate_budget = conversation_pages[2]
     with pytest.raises(IntercomError) as failure:
         execute(boxes, store, job, options)
     assert str(failure.value) == (
-        "Intercom kept failing POST /conversations/search: 429 rate limited after 8 attempts; try again later"
+        "Intercom kept failing POST /conversations/search for 10m0s (last: HTTP 429): try again later; "
+        "raise intercom.retry_budget to wait longer"
     )
     assert failure.value.exit_code == 3
     boxes.intercom_now[0] += 10

@@ -16,6 +16,7 @@ from etl.config import (
     secrets_for,
 )
 from etl.errors import ConfigError
+from etl.runner import build_services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,4 +203,34 @@ def test_a_version_that_is_no_intercom_version_is_refused(version: str) -> None:
     assert problems(text) == [
         f'jobs.shop.intercom.version: expected an Intercom API version like "2.16" or "Unstable", '
         f"got '{version.strip(chr(34))}'"
+    ]
+
+
+def test_retry_budget_per_api_defaults_to_10m_is_validated_and_reaches_the_clients() -> None:
+    """intercom.retry_budget / klaviyo.retry_budget: 10m unless set, a duration of at least 10s, used by the run."""
+    default = parse_settings(GOOD, {}).jobs["shop"]
+    assert default.intercom.retry_budget == default.klaviyo.retry_budget == timedelta(minutes=10)
+    text = GOOD.replace("per_page: 50}", "per_page: 50, retry_budget: 30m}").replace(
+        "{api_key_env: KL_KEY}", "{api_key_env: KL_KEY, retry_budget: 1h}"
+    )
+    job = parse_settings(text, {}).jobs["shop"]
+    assert (job.intercom.retry_budget, job.klaviyo.retry_budget) == (
+        timedelta(minutes=30),
+        timedelta(hours=1),
+    )
+    services = build_services(
+        job, None, dry_run=False, environ={"IC_TOKEN": "ic-budget-test-token", "KL_KEY": "pk_budget_test_key"}
+    )
+    try:
+        assert services.klaviyo is not None
+        assert services.intercom.http.retry_budget == timedelta(minutes=30)
+        assert services.klaviyo.http.retry_budget == timedelta(hours=1)
+    finally:
+        services.close()
+    bad = GOOD.replace("per_page: 50}", "per_page: 50, retry_budget: 5s}").replace(
+        "{api_key_env: KL_KEY}", "{api_key_env: KL_KEY, retry_budget: forever}"
+    )
+    assert problems(bad) == [
+        "jobs.shop.intercom.retry_budget: must be at least 10s so a request can wait out a rate limit",
+        "jobs.shop.klaviyo.retry_budget: expected a duration like 15m, got 'forever'",
     ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import json
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -92,6 +93,46 @@ def test_lease_keeper_reports_a_lost_lease(store: StateStore) -> None:
     assert exc.value.exit_code == 75
     assert ticker.periods == [10.0]  # the keeper gave up at once: no further wait, no further renewal
     assert store.lock_holder("j") == ("intruder", T0 + timedelta(seconds=31) + ttl)
+
+
+class _BrokenStore:
+    """A store whose renewal fails with something that is not an EtlError (a bug, a raw driver error)."""
+
+    def renew_lock(self, job: str, owner: str, ttl: timedelta, now: datetime) -> None:
+        raise OSError("connection pool is closed")
+
+
+def _broken_clock() -> datetime:
+    raise ValueError("naive datetime from a bad clock")
+
+
+@pytest.mark.parametrize(
+    ("store_of", "clock", "reason"),
+    [
+        (lambda real: _BrokenStore(), lambda: T0, "OSError: connection pool is closed"),
+        (lambda real: real, _broken_clock, "ValueError: naive datetime from a bad clock"),
+    ],
+    ids=["store", "clock"],
+)
+def test_lease_keeper_treats_an_unexpected_renewal_failure_as_a_lost_lease(
+    store: StateStore, store_of: Any, clock: Any, reason: str
+) -> None:
+    """Any exception in the renewal thread stops renewing, so check() raises LockHeld (75) saying why."""
+    ttl = timedelta(seconds=30)
+    store.acquire_lock("j", "runner", ttl, T0)
+    ticker = Ticker()
+    keeper = LeaseKeeper(store_of(store), "j", "runner", ttl, clock, ticker=ticker)
+    keeper.check()  # nothing renewed yet, nothing known lost
+    ticker.beat(settle=False)
+    keeper.stop()  # joins the keeper, which takes the beat (and fails) first
+    with pytest.raises(LockHeld) as exc:
+        keeper.check()
+    assert str(exc.value) == (
+        f"renewing the lease of 'j' failed ({reason}): another run could take the job over, "
+        "so this one stops without advancing"
+    )
+    assert exc.value.exit_code == 75
+    assert ticker.periods == [10.0]  # no further wait after the failure
 
 
 def test_backfill_slices_run_beside_the_incremental_lease(db_url: str) -> None:

@@ -100,7 +100,9 @@ def test_klaviyo_down_keeps_watermarks_and_outbox_and_the_next_run_delivers_exac
         with pytest.raises(KlaviyoError) as failure:
             run("shop", 0)
         assert str(failure.value).startswith("Klaviyo kept failing POST /api/")
-        assert str(failure.value).endswith(": HTTP 503 after 8 attempts; try again later")
+        assert str(failure.value).endswith(
+            " for 10m0s (last: HTTP 503): try again later; raise klaviyo.retry_budget to wait longer"
+        )
         assert failure.value.exit_code == 4
         assert store.watermarks("shop") == marks
         pending = outbox_rows(store, "shop", status="pending")

@@ -20,6 +20,8 @@ Every request needs `Authorization: Bearer <token>` (else 401 `unauthorized`, th
 `Intercom-Version` outside the spec's enum is a 400 `intercom_version_invalid`; a missing one means 2.16.
 Every reply carries `X-RateLimit-Limit/Remaining/Reset` for a budget per 10-second window (Reset is the
 window's end as a UNIX time, from the injected `clock`); past the budget, 429 `rate_limit_exceeded`.
+`faults.clock_skew` moves the server's clock (the `Date` header and the windows' resets) off the client's;
+`faults.bare_429` sends 429s without the rate-limit headers.
 
 Cursors. Intercom's search cursor is opaque. The sandbox's default `cursor="offset"` encodes the position of
 the next result in the result set, re-evaluated and re-sorted on every request, like a database offset:
@@ -109,7 +111,9 @@ class IntercomHandler(SandboxHandler):
         return _error(code, message)
 
     def reply_throttled(self) -> None:
-        self.send_json(429, _error("rate_limit_exceeded", "Rate limit exceeded"), self.server.exhaust())
+        # `faults.bare_429`: a 429 without X-RateLimit-* (as an edge proxy in front of an API may send)
+        headers = {} if self.server.faults.bare_429 else self.server.exhaust()
+        self.send_json(429, _error("rate_limit_exceeded", "Rate limit exceeded"), headers)
 
     def route(self, method: str) -> None:
         server = self.server
@@ -183,7 +187,7 @@ class IntercomServer(SandboxServer):
 
     # -- rate limit -------------------------------------------------------------------------------
     def _roll(self) -> int:
-        window = int(self.clock()) // RATE_WINDOW_SECONDS
+        window = int(self.now()) // RATE_WINDOW_SECONDS  # skewed with `faults.clock_skew`, like `Date`
         if window != self._window:
             self._window, self._spent = window, 0
         return (window + 1) * RATE_WINDOW_SECONDS

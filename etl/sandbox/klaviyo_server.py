@@ -15,7 +15,8 @@ on POST (415), the rate limit per key and endpoint (429 with `Retry-After` past 
 
 Read-back for tests: `events` (deduped), `profiles` (by profile key), `received` (every request the fake
 answered itself, with status and raw body; `count()` filters them), `settings`, `faults` (the base's
-switches; a storm's 429 carries `Retry-After: settings.storm_retry_after`).
+switches; a storm's 429 carries `Retry-After: settings.storm_retry_after`, none with `faults.bare_429`;
+`faults.clock_skew` moves the `Date` header off the client's clock).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class KlaviyoHandler(SandboxHandler):
         wait = str(self.server.settings.storm_retry_after)
         detail = f"Request was throttled. Expected available in {wait} second."
         body = {"errors": [error(429, "throttled", "Request was throttled.", detail)]}
-        self._reply(429, body, {"Retry-After": wait, "RateLimit-Remaining": "0", "RateLimit-Reset": wait})
+        headers = {"Retry-After": wait, "RateLimit-Remaining": "0", "RateLimit-Reset": wait}
+        self._reply(429, body, {} if self.server.faults.bare_429 else headers)
 
     def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         # recorded before replying, so a test that has its answer also sees the record
@@ -109,7 +111,8 @@ class KlaviyoHandler(SandboxHandler):
         allowed, limit_headers = self.server.limiter.take((self._key, operation))
         if not allowed:
             detail = f"Request was throttled. Expected available in {limit_headers['Retry-After']} second."
-            self._fail(429, error(429, "throttled", "Request was throttled.", detail), headers=limit_headers)
+            headers = {} if self.server.faults.bare_429 else limit_headers  # a 429 that names no wait
+            self._fail(429, error(429, "throttled", "Request was throttled.", detail), headers=headers)
             return
         if operation in ("events", "import"):
             self._post(operation, limit_headers)

@@ -13,6 +13,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Self
@@ -24,6 +25,8 @@ class Faults:
 
     error_rate: float = 0.0  # reply 500/502/503 instead of handling
     storm_requests: int = 0  # the next N requests get 429 with rate-limit headers
+    bare_429: bool = False  # every 429 (storm or rate limit) names no wait: no Retry-After, no *RateLimit-*
+    clock_skew: float = 0.0  # seconds the server's clock is off the client's (-120: two minutes behind)
     reset_rate: float = 0.0  # close the connection without a reply
     slow_seconds: float = 0.0  # sleep this long before replying
     slow_rate: float = 0.0  # ... with this probability
@@ -66,6 +69,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the sandbox is used by tests and the demo; requests are recorded, not printed."""
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The `Date` header of every reply, from the server's own (possibly skewed) clock, as real servers do."""
+        return super().date_time_string(self.server.now() if timestamp is None else timestamp)
 
     # -- entry points -----------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -158,6 +165,7 @@ class SandboxServer(ThreadingHTTPServer):
     def __init__(self, handler: type[SandboxHandler], host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__((host, port), handler)
         self.faults = Faults()
+        self.clock: Callable[[], float] = time.time  # subclasses take an injected one
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self._requests_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -166,6 +174,10 @@ class SandboxServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def now(self) -> float:
+        """The server's clock: the injected one plus `faults.clock_skew` (rate-limit resets, `Date`)."""
+        return self.clock() + self.faults.clock_skew
 
     def record(self, method: str, path: str) -> None:
         with self._requests_lock:
