@@ -41,9 +41,9 @@ class Inference:
     ) -> list[OutboxEntry]:
         entries: list[OutboxEntry] = []
         if stream == "contacts":
-            for _, snap in changed:
+            for prev, snap in changed:
                 self.contacts.remember(snap.object_id, snap)
-                self._queue_profile(snap, entries, stream, force=True)
+                self._queue_profile(snap, entries, stream, force=True, prev=prev)
             return entries
         ctx = self.context([s for _, s in changed], load)
         for prev, snap in changed:
@@ -60,19 +60,32 @@ class Inference:
         return entries
 
     def _queue_profile(
-        self, contact: Snapshot, entries: list[OutboxEntry], stream: str, force: bool = False
+        self,
+        contact: Snapshot,
+        entries: list[OutboxEntry],
+        stream: str,
+        force: bool = False,
+        prev: Snapshot | None = None,
     ) -> None:
-        """Queue a contact's profile once per run (an unchanged one is deduplicated by the outbox)."""
+        """Queue a contact's profile once per run (an unchanged one is deduplicated by the outbox).
+
+        A profile's unique_id is a digest of its content, so a contact that changes and changes back
+        (A → B → A: unsubscribed, then subscribed again) meets the id it was sent under before: when its
+        stored snapshot gave another profile, the entry is re-queued, or Klaviyo would keep B.
+        """
         if contact.object_id in self.profiled and not force:
             return
         self.profiled.add(contact.object_id)
-        profile, counts = to_profile(
-            contact, self.intercom.tags(), self.job.default_phone_region, self.job.property_names
-        )
+        tags, region, names = self.intercom.tags(), self.job.default_phone_region, self.job.property_names
+        profile, counts = to_profile(contact, tags, region, names)
         for key, n in counts.items():
             self.report.add(stream, key, n)
         if profile is not None:
-            entries.append(OutboxEntry("profile", profile.unique_id, profile_resource(profile)))
+            before = to_profile(prev, tags, region, names)[0] if prev is not None else None
+            changed = before is not None and before.unique_id != profile.unique_id
+            entries.append(
+                OutboxEntry("profile", profile.unique_id, profile_resource(profile), requeue=changed)
+            )
             self.report.add(stream, "profiles")
 
     def context(self, snaps: list[Snapshot], load: Loader) -> Context:

@@ -101,6 +101,7 @@ class OutboxEntry:
     kind: ItemKind
     unique_id: str
     payload: Mapping[str, Any]  # the Klaviyo resource object exactly as the bulk request carries it
+    requeue: bool = False  # send again even if this unique_id was sent before (content went back to it)
 
 
 @dataclass(frozen=True)

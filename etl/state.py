@@ -176,36 +176,39 @@ class StateStore(Migrations):
         *,
         requeue: bool = False,
     ) -> dict[str, int]:
-        """Queue entries; an item already in the outbox is left as it is, or with
-        `requeue` (replays) set pending again with the new payload.
+        """Queue entries; an item already in the outbox is left as it is, or, when the entry asks for it (a
+        profile whose content went back to an earlier state) or `requeue` says so (replays), set pending again
+        with the new payload.
 
         Returns how many rows were new (or re-queued) per kind.
         """
-        if not items:
-            return {}
-        unique = {(e.kind, e.unique_id): e.payload for e in items}  # one statement may not hit a row twice
-        rows = [
-            {"job": job, "kind": kind, "unique_id": uid, "payload": dict(payload), "status": "pending",
-             "attempts": 0, "created_at": now, "run_id": run_id}
-            for (kind, uid), payload in unique.items()
-        ]  # fmt: skip
+        unique = {(e.kind, e.unique_id): e for e in items}  # one statement may not hit a row twice
         insert = self._insert(outbox)
         keys = ["job", "kind", "unique_id"]
-        if requeue:
-            stmt = insert.on_conflict_do_update(
-                index_elements=keys,
-                set_={
-                    "payload": insert.excluded.payload,
-                    "status": "pending",
-                    "run_id": insert.excluded.run_id,
-                },
-            ).returning(outbox.c.kind)
-        else:
-            stmt = insert.on_conflict_do_nothing(index_elements=keys).returning(outbox.c.kind)
-        # RETURNING yields only the rows really inserted (rowcount is unreliable for executemany)
         inserted: dict[str, int] = {}
-        for (kind,) in conn.execute(stmt, rows):
-            inserted[kind] = inserted.get(kind, 0) + 1
+        for again in (False, True):
+            rows = [
+                {"job": job, "kind": e.kind, "unique_id": e.unique_id, "payload": dict(e.payload),
+                 "status": "pending", "attempts": 0, "created_at": now, "run_id": run_id}
+                for e in unique.values()
+                if (requeue or e.requeue) == again
+            ]  # fmt: skip
+            if not rows:
+                continue
+            if again:
+                stmt = insert.on_conflict_do_update(
+                    index_elements=keys,
+                    set_={
+                        "payload": insert.excluded.payload,
+                        "status": "pending",
+                        "run_id": insert.excluded.run_id,
+                    },
+                ).returning(outbox.c.kind)
+            else:
+                stmt = insert.on_conflict_do_nothing(index_elements=keys).returning(outbox.c.kind)
+            # RETURNING yields only the rows really inserted (rowcount is unreliable for executemany)
+            for (kind,) in conn.execute(stmt, rows):
+                inserted[kind] = inserted.get(kind, 0) + 1
         return inserted
 
     def known_unique_ids(self, job: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
