@@ -24,6 +24,7 @@ import yaml
 from etl.errors import ConfigError
 from etl.events import EVENT_PROPERTY_KEYS
 from etl.http import DEFAULT_RETRY_BUDGET
+from etl.intercom import MAX_PER_PAGE
 from etl.models import STREAMS
 from etl.profiles import PROFILE_PROPERTY_KEYS
 
@@ -40,7 +41,6 @@ DEFAULT_METRIC_NAMES = (
     "Resolved Ticket",
 )
 PROPERTY_KEYS = (*EVENT_PROPERTY_KEYS, *PROFILE_PROPERTY_KEYS)  # what property_names may rename
-MAX_PER_PAGE = 150  # Intercom search: per_page maximum (spec 2.16, StartingAfterPaging)
 MIN_INTERCOM_VERSION = (
     2,
     16,

@@ -1,0 +1,37 @@
+"""Each fact has one home (issue 14): no constant is defined, by name or by value, in two modules of `etl`.
+
+The sandbox is left out on purpose: the fake servers state the APIs' limits themselves, so a wrong limit in a
+client is caught by a test against the sandbox instead of being shared by both sides.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ETL = Path(__file__).resolve().parent.parent / "etl"
+
+
+def constants() -> list[tuple[str, str, Any]]:
+    """(module, name, value) of every UPPER_CASE name a module of `etl` assigns at top level (not imports)."""
+    found = []
+    for path in sorted(ETL.glob("*.py")):
+        module = f"etl.{path.stem}"
+        loaded = importlib.import_module(module)
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id.isupper() and hasattr(loaded, target.id):
+                    found.append((module, target.id, getattr(loaded, target.id)))
+    return found
+
+
+def test_no_constant_name_is_defined_in_two_modules() -> None:
+    """MAX_PER_PAGE lives in etl.intercom only; etl.config imports it for its range check."""
+    homes = defaultdict(list)
+    for module, name, _ in constants():
+        homes[name].append(module)
+    assert {name: modules for name, modules in homes.items() if len(modules) > 1} == {}
