@@ -22,24 +22,13 @@ import phonenumbers
 import yaml
 
 from etl.errors import ConfigError
-from etl.events import EVENT_PROPERTY_KEYS
+from etl.events import EVENT_PROPERTY_KEYS, METRICS
 from etl.http import DEFAULT_RETRY_BUDGET
 from etl.intercom import MAX_PER_PAGE
 from etl.models import STREAMS
 from etl.profiles import PROFILE_PROPERTY_KEYS
 
 DEFAULT_DATABASE_URL = "sqlite:///etl-state.db"
-DEFAULT_METRIC_NAMES = (
-    "Created Conversation",
-    "Rated Conversation",
-    "Read Conversation",
-    "Replied to Conversation",
-    "Created Ticket",
-    "Submitted Ticket",
-    "Replied to Ticket",
-    "Marked Ticket as Waiting on Customer",
-    "Resolved Ticket",
-)
 PROPERTY_KEYS = (*EVENT_PROPERTY_KEYS, *PROFILE_PROPERTY_KEYS)  # what property_names may rename
 MIN_INTERCOM_VERSION = (
     2,
@@ -381,7 +370,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
             timedelta(0),
         ),
         default_phone_region=region.upper(),
-        metric_names=_names(body.get("metric_names"), f"{path}.metric_names", out, DEFAULT_METRIC_NAMES),
+        metric_names=_names(body.get("metric_names"), f"{path}.metric_names", out, METRICS),
         property_names=_names(body.get("property_names"), f"{path}.property_names", out, PROPERTY_KEYS),
         lock_ttl=out.convert(body.get("lock_ttl", "10m"), f"{path}.lock_ttl", parse_duration, timedelta(0)),
     )

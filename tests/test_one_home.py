@@ -35,3 +35,16 @@ def test_no_constant_name_is_defined_in_two_modules() -> None:
     for module, name, _ in constants():
         homes[name].append(module)
     assert {name: modules for name, modules in homes.items() if len(modules) > 1} == {}
+
+
+def test_no_list_of_names_is_written_out_twice() -> None:
+    """A tuple, set or dict of three or more items is spelled in one module: DEFAULT_METRIC_NAMES was METRICS."""
+    first: dict[str, str] = {}
+    repeats = []
+    for module, name, value in constants():
+        if isinstance(value, tuple | frozenset | set | dict) and len(value) >= 3:
+            key = repr(sorted(value, key=repr) if isinstance(value, set | frozenset) else value)
+            if key in first:
+                repeats.append((first[key], f"{module}.{name}"))
+            first.setdefault(key, f"{module}.{name}")
+    assert repeats == []
