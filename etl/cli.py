@@ -22,7 +22,7 @@ import click
 from etl import __version__, logs
 from etl.config import Settings, config_path, load_settings, missing_secrets, parse_duration, parse_timestamp
 from etl.errors import ConfigError, EtlError, UsageError
-from etl.models import STREAMS, RunOptions
+from etl.models import STREAMS, RunOptions, iso_z
 from etl.state import StateStore, redact_url
 
 
@@ -82,10 +82,6 @@ class Cli:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _stamp(value: datetime | None) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else "-"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -289,7 +285,7 @@ def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
         marks, snaps = store.watermarks(job.name), store.snapshot_counts(job.name)
         backlog, leases = store.outbox_counts(job.name), store.leases(job.name)
         click.echo(f"job {job.name}")
-        rows = [[s, _stamp(marks.get(s)), str(snaps.get(s, 0))] for s in job.streams]
+        rows = [[s, iso_z(marks.get(s)) or "-", str(snaps.get(s, 0))] for s in job.streams]
         click.echo(textwrap.indent(_table(rows, ["stream", "watermark", "snapshots"]), "  "))
         click.echo(
             "  outbox: " + ", ".join(f"{backlog.get(k, 0)} {k}" for k in ("pending", "failed", "sent"))
@@ -298,7 +294,7 @@ def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
             click.echo("  lock: free")
         for name, owner, expires in leases:
             what = "lock" if name == job.name else name[len(job.name) + 1 :]  # backfill:<window>
-            click.echo(f"  {what}: held by {owner} until {_stamp(expires)}")
+            click.echo(f"  {what}: held by {owner} until {iso_z(expires) or '-'}")
 
 
 @state.command("set")
@@ -326,7 +322,7 @@ def state_set(obj: Cli, job: str, stream: str, ts: str) -> None:
     store = obj.store()
     before = store.watermarks(job).get(stream)
     store.set_watermark(job, stream, value, _now(), force=True)
-    click.echo(f"{job}/{stream}: watermark {_stamp(before)} -> {_stamp(value)}")
+    click.echo(f"{job}/{stream}: watermark {iso_z(before) or '-'} -> {iso_z(value) or '-'}")
 
 
 # -- runs / outbox -------------------------------------------------------------------------------------
@@ -347,8 +343,8 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
     rows = obj.store().runs(job, limit)
     if as_json:
         for r in rows:
-            click.echo(json.dumps({"id": r.id, "job": r.job, "mode": r.mode, "started_at": _stamp(r.started_at),
-                                   "finished_at": _stamp(r.finished_at), "status": r.status, "window": r.window,
+            click.echo(json.dumps({"id": r.id, "job": r.job, "mode": r.mode, "started_at": iso_z(r.started_at) or "-",
+                                   "finished_at": iso_z(r.finished_at) or "-", "status": r.status, "window": r.window,
                                    "counts": r.counts, "error": r.error}))  # fmt: skip
         return
     table = []
@@ -358,7 +354,7 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
             if isinstance(per_stream, dict):
                 for key in ("objects", "events", "profiles"):
                     totals[key] = totals.get(key, 0) + int(per_stream.get(key, 0) or 0)
-        table.append([str(r.id), r.job, r.mode, _stamp(r.started_at), _stamp(r.finished_at), r.status,
+        table.append([str(r.id), r.job, r.mode, iso_z(r.started_at) or "-", iso_z(r.finished_at) or "-", r.status,
                       str(totals.get("objects", 0)), str(totals.get("events", 0)), str(totals.get("profiles", 0)),
                       (r.error or "")[:60]])  # fmt: skip
     if not table:
@@ -413,7 +409,7 @@ def outbox_list(obj: Cli, job: str | None, status: str | None, limit: int) -> No
         return
     rows = [
         [str(i["id"]), i["job"], i["kind"], i["unique_id"], i["status"], str(i["attempts"]),
-         _stamp(i["created_at"]), (i["last_error"] or "")[:80]]
+         iso_z(i["created_at"]) or "-", (i["last_error"] or "")[:80]]
         for i in items
     ]  # fmt: skip
     click.echo(

@@ -9,8 +9,11 @@ from __future__ import annotations
 import ast
 import importlib
 from collections import defaultdict
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+from etl.models import iso_z
 
 ETL = Path(__file__).resolve().parent.parent / "etl"
 
@@ -48,3 +51,14 @@ def test_no_list_of_names_is_written_out_twice() -> None:
                 repeats.append((first[key], f"{module}.{name}"))
             first.setdefault(key, f"{module}.{name}")
     assert repeats == []
+
+
+def test_iso_z_spells_every_moment_we_write() -> None:
+    """One helper, three spellings: Z for history/CLI/windows, +00:00 for event properties, whole seconds with
+    +00:00 for a Klaviyo event's time; any zone in, UTC out; None stays None."""
+    moment = datetime(2026, 3, 1, 13, 4, 5, 250_000, tzinfo=timezone(timedelta(hours=1)))
+    assert iso_z(moment) == "2026-03-01T12:04:05.250000Z"
+    assert iso_z(moment.replace(microsecond=0)) == "2026-03-01T12:04:05Z"
+    assert iso_z(moment, offset="+00:00") == "2026-03-01T12:04:05.250000+00:00"
+    assert iso_z(moment, offset="+00:00", timespec="seconds") == "2026-03-01T12:04:05+00:00"
+    assert iso_z(None) is None
