@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from etl import __version__, logs
 from etl.config import Settings, config_path, load_settings, missing_secrets, parse_duration, parse_timestamp
 from etl.errors import ConfigError, EtlError, UsageError
 from etl.models import STREAMS, RunOptions, iso_z
+from etl.report import render_table
 from etl.state import StateStore, redact_url
 
 
@@ -82,13 +82,6 @@ class Cli:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=False)).rstrip()]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in rows]
-    return "\n".join(lines)
 
 
 @click.group(cls=EtlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -286,7 +279,7 @@ def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
         backlog, leases = store.outbox_counts(job.name), store.leases(job.name)
         click.echo(f"job {job.name}")
         rows = [[s, iso_z(marks.get(s)) or "-", str(snaps.get(s, 0))] for s in job.streams]
-        click.echo(textwrap.indent(_table(rows, ["stream", "watermark", "snapshots"]), "  "))
+        click.echo(render_table(["stream", "watermark", "snapshots"], rows, indent="  "))
         click.echo(
             "  outbox: " + ", ".join(f"{backlog.get(k, 0)} {k}" for k in ("pending", "failed", "sent"))
         )
@@ -361,7 +354,7 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
         click.echo("no runs yet")
         return
     header = ["id", "job", "mode", "started", "finished", "status", "objects", "events", "profiles", "error"]
-    click.echo(_table(table, header))
+    click.echo(render_table(header, table))
 
 
 class OutboxGroup(click.Group):
@@ -413,7 +406,7 @@ def outbox_list(obj: Cli, job: str | None, status: str | None, limit: int) -> No
         for i in items
     ]  # fmt: skip
     click.echo(
-        _table(rows, ["id", "job", "kind", "unique_id", "status", "attempts", "created", "last_error"])
+        render_table(["id", "job", "kind", "unique_id", "status", "attempts", "created", "last_error"], rows)
     )
 
 

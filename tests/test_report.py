@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from etl import logs
 from etl.models import ApiCounts, DeliveryCounts, RunReport
-from etl.report import LOG_EVERY_SECONDS, Progress, summary_table, write_metrics
+from etl.report import LOG_EVERY_SECONDS, Progress, render_table, summary_table, write_metrics
 from etl.state import StateStore
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -140,6 +140,17 @@ def test_summary_table_of_a_run_that_read_nothing_is_the_header_alone() -> None:
         "job shop (dry-run)\n"
         "  stream  pages  objects  unchanged  events  profiles  queued  no_identifier  api_calls"
     )
+
+
+def test_render_table_pads_columns_to_their_widest_cell_and_leaves_no_trailing_blanks() -> None:
+    """Left-aligned by default (the CLI's tables); from `right_align_from` on right-aligned; `indent` on each line."""
+    header, rows = ["id", "status", "error"], [["7", "failed", "HTTP 400"], ["12", "sent", ""]]
+    assert render_table(header, rows) == "id  status  error\n7   failed  HTTP 400\n12  sent"
+    assert render_table(header[:2], [r[:2] for r in rows], right_align_from=0, indent="> ") == (
+        "> id  status\n>  7  failed\n> 12    sent"
+    )
+    assert render_table(["stream", "pages"], [], right_align_from=1) == "stream  pages"
+    assert render_table(["note"], [[""]], indent="  ") == "  note\n"  # a blank row stays blank, unindented
 
 
 # -- metrics file -----------------------------------------------------------------------------------
