@@ -44,8 +44,11 @@ class EtlGroup(click.Group):
                 import traceback
 
                 traceback.print_exc()
-            _fail(f"unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:300]}); "
-                  "this is a bug, please report it (run with -v for the traceback)", 1)  # fmt: skip
+            _fail(
+                f"unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:300]}); "
+                "this is a bug, please report it (run with -v for the traceback)",
+                1,
+            )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -131,8 +134,17 @@ def cli(ctx: click.Context, config: str | None, log_format: str | None, verbose:
     "--metrics-file", metavar="PATH", help="Write Prometheus text metrics here (node_exporter textfile)."
 )
 @click.pass_obj
-def run(obj: Cli, jobs: tuple[str, ...], dry_run: bool, output: str | None, since: str | None,
-        until: str | None, replay: bool, streams: str | None, metrics_file: str | None) -> None:  # fmt: skip
+def run(
+    obj: Cli,
+    jobs: tuple[str, ...],
+    dry_run: bool,
+    output: str | None,
+    since: str | None,
+    until: str | None,
+    replay: bool,
+    streams: str | None,
+    metrics_file: str | None,
+) -> None:
     """Run jobs (all jobs when none is named).
 
     \b
@@ -150,8 +162,15 @@ def run(obj: Cli, jobs: tuple[str, ...], dry_run: bool, output: str | None, sinc
     sys.exit(code)
 
 
-def _run_options(dry_run: bool, output: str | None, since: str | None, until: str | None, replay: bool,
-                 streams: str | None, metrics_file: str | None) -> RunOptions:  # fmt: skip
+def _run_options(
+    dry_run: bool,
+    output: str | None,
+    since: str | None,
+    until: str | None,
+    replay: bool,
+    streams: str | None,
+    metrics_file: str | None,
+) -> RunOptions:
     problems: list[str] = []
 
     def stamp(flag: str, value: str | None) -> datetime | None:
@@ -209,8 +228,10 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
             from etl.runner import check_online
 
             check_online(job)
-        click.echo(f"{job.name}: ok ({', '.join(job.streams)}; Intercom {job.intercom.base_url}, "
-                   f"Klaviyo {job.klaviyo.base_url}{'; credentials accepted' if online else ''})")  # fmt: skip
+        click.echo(
+            f"{job.name}: ok ({', '.join(job.streams)}; Intercom {job.intercom.base_url}, "
+            f"Klaviyo {job.klaviyo.base_url}{'; credentials accepted' if online else ''})"
+        )
     click.echo(f"database: {redact_url(settings.database_url)} ({_database_status(settings.database_url)})")
 
 
@@ -336,9 +357,21 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
     rows = obj.store().runs(job, limit)
     if as_json:
         for r in rows:
-            click.echo(json.dumps({"id": r.id, "job": r.job, "mode": r.mode, "started_at": iso_z(r.started_at) or "-",
-                                   "finished_at": iso_z(r.finished_at) or "-", "status": r.status, "window": r.window,
-                                   "counts": r.counts, "error": r.error}))  # fmt: skip
+            click.echo(
+                json.dumps(
+                    {
+                        "id": r.id,
+                        "job": r.job,
+                        "mode": r.mode,
+                        "started_at": iso_z(r.started_at) or "-",
+                        "finished_at": iso_z(r.finished_at) or "-",
+                        "status": r.status,
+                        "window": r.window,
+                        "counts": r.counts,
+                        "error": r.error,
+                    }
+                )
+            )
         return
     table = []
     for r in rows:
@@ -347,9 +380,20 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
             if isinstance(per_stream, dict):
                 for key in ("objects", "events", "profiles"):
                     totals[key] = totals.get(key, 0) + int(per_stream.get(key, 0) or 0)
-        table.append([str(r.id), r.job, r.mode, iso_z(r.started_at) or "-", iso_z(r.finished_at) or "-", r.status,
-                      str(totals.get("objects", 0)), str(totals.get("events", 0)), str(totals.get("profiles", 0)),
-                      (r.error or "")[:60]])  # fmt: skip
+        table.append(
+            [
+                str(r.id),
+                r.job,
+                r.mode,
+                iso_z(r.started_at) or "-",
+                iso_z(r.finished_at) or "-",
+                r.status,
+                str(totals.get("objects", 0)),
+                str(totals.get("events", 0)),
+                str(totals.get("profiles", 0)),
+                (r.error or "")[:60],
+            ]
+        )
     if not table:
         click.echo("no runs yet")
         return
@@ -401,10 +445,18 @@ def outbox_list(obj: Cli, job: str | None, status: str | None, limit: int) -> No
         click.echo("outbox is empty" + (f" for {status} items" if status else ""))
         return
     rows = [
-        [str(i["id"]), i["job"], i["kind"], i["unique_id"], i["status"], str(i["attempts"]),
-         iso_z(i["created_at"]) or "-", (i["last_error"] or "")[:80]]
+        [
+            str(i["id"]),
+            i["job"],
+            i["kind"],
+            i["unique_id"],
+            i["status"],
+            str(i["attempts"]),
+            iso_z(i["created_at"]) or "-",
+            (i["last_error"] or "")[:80],
+        ]
         for i in items
-    ]  # fmt: skip
+    ]
     click.echo(
         render_table(["id", "job", "kind", "unique_id", "status", "attempts", "created", "last_error"], rows)
     )
@@ -427,8 +479,13 @@ def outbox_retry(obj: Cli, job: str) -> None:
 
 @outbox.command("prune")
 @click.argument("job")
-@click.option("--older-than", metavar="DURATION", default="30d", show_default=True,
-              help="Delete sent items delivered longer ago than this.")  # fmt: skip
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    default="30d",
+    show_default=True,
+    help="Delete sent items delivered longer ago than this.",
+)
 @click.pass_obj
 def outbox_prune(obj: Cli, job: str, older_than: str) -> None:
     """Delete items Klaviyo accepted long ago (the outbox otherwise keeps them forever); pending and failed

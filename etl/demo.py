@@ -63,10 +63,14 @@ def run_demo(seed: int, workdir: Path | None, out: TextIO | None = None) -> int:
         config = folder / "jobs.yaml"
         config.write_text(
             JOBS_YAML.format(
-                db=folder / "etl-state.db", intercom=intercom.url, klaviyo=klaviyo.url, token_env=DEMO_TOKEN_ENV,
-                key_env=DEMO_KEY_ENV, start=iso_z(now - timedelta(days=30)),
+                db=folder / "etl-state.db",
+                intercom=intercom.url,
+                klaviyo=klaviyo.url,
+                token_env=DEMO_TOKEN_ENV,
+                key_env=DEMO_KEY_ENV,
+                start=iso_z(now - timedelta(days=30)),
             )
-        )  # fmt: skip
+        )
         os.environ[DEMO_TOKEN_ENV] = intercom.token
         os.environ[DEMO_KEY_ENV] = SANDBOX_API_KEY
         settings = load_settings(config)

@@ -31,9 +31,13 @@ class Progress:
             from rich.progress import Progress as Bars
 
             self._bars = Bars(
-                TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=Console(file=stream or sys.stderr), transient=False,
-            )  # fmt: skip
+                TextColumn("{task.description:>14}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=stream or sys.stderr),
+                transient=False,
+            )
             self._bars.start()
 
     def start(self, stream: str) -> None:
@@ -119,8 +123,12 @@ def write_metrics(path: str, results: Sequence[tuple[RunReport, int]], store: An
     from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
     registry = CollectorRegistry()
-    last_success = Gauge("etl_last_success_timestamp_seconds", "End of the job's last successful run",
-                         ["job"], registry=registry)  # fmt: skip
+    last_success = Gauge(
+        "etl_last_success_timestamp_seconds",
+        "End of the job's last successful run",
+        ["job"],
+        registry=registry,
+    )
     duration = Gauge(
         "etl_run_duration_seconds", "Duration of the job's latest run", ["job"], registry=registry
     )

@@ -13,20 +13,53 @@ from etl.snapshots import to_snapshot
 from tests.pure_fixtures import RUN, advanced, contact, context, conversation, part, ticket, ts
 
 CONVERSATION_KEYS = [
-    "email", "phone_number", "Title", "Snoozed Until", "Waiting Since", "Priority", "Assigned Team",
-    "Assigned Admin Name", "Assigned Admin Email", "Tags", "Conversation Rating", "Conversation Source",
-    "Conversation Delivered As", "Conversation Parts Count", "SLA Status", "Reopen Count", "Assignment Count",
-    "Custom Attributes", "Conversation ID",
-]  # fmt: skip
+    "email",
+    "phone_number",
+    "Title",
+    "Snoozed Until",
+    "Waiting Since",
+    "Priority",
+    "Assigned Team",
+    "Assigned Admin Name",
+    "Assigned Admin Email",
+    "Tags",
+    "Conversation Rating",
+    "Conversation Source",
+    "Conversation Delivered As",
+    "Conversation Parts Count",
+    "SLA Status",
+    "Reopen Count",
+    "Assignment Count",
+    "Custom Attributes",
+    "Conversation ID",
+]
 TICKET_KEYS = [
-    "email", "phone_number", "Category", "Assigned Team", "Assigned Admin Name", "Assigned Admin Email",
-    "Snoozed Until", "Ticket Parts Count", "Ticket ID", "Ticket Type", "Ticket Name", "Ticket Description",
+    "email",
+    "phone_number",
+    "Category",
+    "Assigned Team",
+    "Assigned Admin Name",
+    "Assigned Admin Email",
+    "Snoozed Until",
+    "Ticket Parts Count",
+    "Ticket ID",
+    "Ticket Type",
+    "Ticket Name",
+    "Ticket Description",
     "Is Shared",
-]  # fmt: skip
+]
 RESOLVED_KEYS = [
-    "Contact Email", "Contact Phone", "Category", "Team Name", "Admin Name", "Admin Email", "Ticket ID",
-    "Ticket Name", "Ticket Description", "Is Shared",
-]  # fmt: skip
+    "Contact Email",
+    "Contact Phone",
+    "Category",
+    "Team Name",
+    "Admin Name",
+    "Admin Email",
+    "Ticket ID",
+    "Ticket Name",
+    "Ticket Description",
+    "Is Shared",
+]
 
 
 def test_the_documented_key_list_is_every_key_events_use():

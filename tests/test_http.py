@@ -145,9 +145,12 @@ def test_429s_that_name_no_wait_wait_the_apis_window_doubling() -> None:
         server.faults.bare_429 = True
         server.faults.storm_requests = 4
         klaviyo = KlaviyoClient(
-            server.url, SANDBOX_API_KEY, api_key_env="KLAVIYO_API_KEY",
-            sleep=klaviyo_time.sleep, clock=klaviyo_time.clock,
-        )  # fmt: skip
+            server.url,
+            SANDBOX_API_KEY,
+            api_key_env="KLAVIYO_API_KEY",
+            sleep=klaviyo_time.sleep,
+            clock=klaviyo_time.clock,
+        )
         klaviyo.check()
         klaviyo.close()
         throttled = [r.reply_headers for r in server.received if r.status == 429]
