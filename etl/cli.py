@@ -134,17 +134,7 @@ def cli(ctx: click.Context, config: str | None, log_format: str | None, verbose:
     "--metrics-file", metavar="PATH", help="Write Prometheus text metrics here (node_exporter textfile)."
 )
 @click.pass_obj
-def run(
-    obj: Cli,
-    jobs: tuple[str, ...],
-    dry_run: bool,
-    output: str | None,
-    since: str | None,
-    until: str | None,
-    replay: bool,
-    streams: str | None,
-    metrics_file: str | None,
-) -> None:
+def run(obj: Cli, jobs: tuple[str, ...], **flags: Any) -> None:
     """Run jobs (all jobs when none is named).
 
     \b
@@ -157,7 +147,7 @@ def run(
 
     # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so the run is recorded and its lease released
     signal.signal(signal.SIGTERM, _interrupt)
-    options = _run_options(dry_run, output, since, until, replay, streams, metrics_file)
+    options = _run_options(**flags)  # the options above, by name
     code = run_jobs(obj.settings(), list(jobs), options)
     sys.exit(code)
 
