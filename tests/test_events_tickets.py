@@ -100,6 +100,12 @@ def states(events: list[Event]) -> list[tuple[str, str]]:
     return [(e.unique_id, e.time.isoformat()) for e in events if ":state:" in e.unique_id]
 
 
+def resolved_at_10_50(new_part: dict[str, Any]) -> dict[str, Any]:
+    """IN_PROGRESS read again at 10:50, resolved by then, with one more part."""
+    parts = [*IN_PROGRESS["ticket_parts"]["ticket_parts"], new_part]
+    return ticket(parts=parts, ticket_state=state("resolved"), updated_at=ts("2026-02-01T10:50"))
+
+
 QUIET_WAITING = ticket(parts=[], ticket_state=state("waiting_on_customer"))
 STATES = [
     pytest.param(
@@ -134,23 +140,13 @@ STATES = [
     ),
     pytest.param(
         IN_PROGRESS,
-        ticket(
-            parts=IN_PROGRESS["ticket_parts"]["ticket_parts"]
-            + [part("5", "2026-02-01T10:30", state="in_progress", previous="submitted")],
-            ticket_state=state("resolved"),
-            updated_at=ts("2026-02-01T10:50"),
-        ),
+        resolved_at_10_50(part("5", "2026-02-01T10:30", state="in_progress", previous="submitted")),
         [("intercom:ticket:7001:state:resolved:1769943000", stamp("2026-02-01T10:50"))],
         id="c-change-the-parts-do-not-explain",
     ),
     pytest.param(
         IN_PROGRESS,
-        ticket(
-            parts=IN_PROGRESS["ticket_parts"]["ticket_parts"]
-            + [part("5", "2026-02-01T10:30", state="resolved", previous="in_progress")],
-            ticket_state=state("resolved"),
-            updated_at=ts("2026-02-01T10:50"),
-        ),
+        resolved_at_10_50(part("5", "2026-02-01T10:30", state="resolved", previous="in_progress")),
         [("intercom:ticket:7001:state:resolved:1769941800", stamp("2026-02-01T10:30"))],
         id="a-explains-the-change-no-c",
     ),
