@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +21,8 @@ import click
 from etl import __version__, logs
 from etl.config import Settings, config_path, load_settings, missing_secrets, parse_duration, parse_timestamp
 from etl.errors import ConfigError, EtlError, UsageError
-from etl.models import STREAMS, RunOptions
+from etl.models import STREAMS, RunOptions, iso_z
+from etl.report import render_table
 from etl.state import StateStore, redact_url
 
 
@@ -44,8 +44,11 @@ class EtlGroup(click.Group):
                 import traceback
 
                 traceback.print_exc()
-            _fail(f"unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:300]}); "
-                  "this is a bug, please report it (run with -v for the traceback)", 1)  # fmt: skip
+            _fail(
+                f"unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:300]}); "
+                "this is a bug, please report it (run with -v for the traceback)",
+                1,
+            )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -82,17 +85,6 @@ class Cli:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _stamp(value: datetime | None) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else "-"
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=False)).rstrip()]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in rows]
-    return "\n".join(lines)
 
 
 @click.group(cls=EtlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -142,8 +134,7 @@ def cli(ctx: click.Context, config: str | None, log_format: str | None, verbose:
     "--metrics-file", metavar="PATH", help="Write Prometheus text metrics here (node_exporter textfile)."
 )
 @click.pass_obj
-def run(obj: Cli, jobs: tuple[str, ...], dry_run: bool, output: str | None, since: str | None,
-        until: str | None, replay: bool, streams: str | None, metrics_file: str | None) -> None:  # fmt: skip
+def run(obj: Cli, jobs: tuple[str, ...], **flags: Any) -> None:
     """Run jobs (all jobs when none is named).
 
     \b
@@ -156,13 +147,20 @@ def run(obj: Cli, jobs: tuple[str, ...], dry_run: bool, output: str | None, sinc
 
     # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so the run is recorded and its lease released
     signal.signal(signal.SIGTERM, _interrupt)
-    options = _run_options(dry_run, output, since, until, replay, streams, metrics_file)
+    options = _run_options(**flags)  # the options above, by name
     code = run_jobs(obj.settings(), list(jobs), options)
     sys.exit(code)
 
 
-def _run_options(dry_run: bool, output: str | None, since: str | None, until: str | None, replay: bool,
-                 streams: str | None, metrics_file: str | None) -> RunOptions:  # fmt: skip
+def _run_options(
+    dry_run: bool,
+    output: str | None,
+    since: str | None,
+    until: str | None,
+    replay: bool,
+    streams: str | None,
+    metrics_file: str | None,
+) -> RunOptions:
     problems: list[str] = []
 
     def stamp(flag: str, value: str | None) -> datetime | None:
@@ -220,8 +218,10 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
             from etl.runner import check_online
 
             check_online(job)
-        click.echo(f"{job.name}: ok ({', '.join(job.streams)}; Intercom {job.intercom.base_url}, "
-                   f"Klaviyo {job.klaviyo.base_url}{'; credentials accepted' if online else ''})")  # fmt: skip
+        click.echo(
+            f"{job.name}: ok ({', '.join(job.streams)}; Intercom {job.intercom.base_url}, "
+            f"Klaviyo {job.klaviyo.base_url}{'; credentials accepted' if online else ''})"
+        )
     click.echo(f"database: {redact_url(settings.database_url)} ({_database_status(settings.database_url)})")
 
 
@@ -289,8 +289,8 @@ def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
         marks, snaps = store.watermarks(job.name), store.snapshot_counts(job.name)
         backlog, leases = store.outbox_counts(job.name), store.leases(job.name)
         click.echo(f"job {job.name}")
-        rows = [[s, _stamp(marks.get(s)), str(snaps.get(s, 0))] for s in job.streams]
-        click.echo(textwrap.indent(_table(rows, ["stream", "watermark", "snapshots"]), "  "))
+        rows = [[s, iso_z(marks.get(s)) or "-", str(snaps.get(s, 0))] for s in job.streams]
+        click.echo(render_table(["stream", "watermark", "snapshots"], rows, indent="  "))
         click.echo(
             "  outbox: " + ", ".join(f"{backlog.get(k, 0)} {k}" for k in ("pending", "failed", "sent"))
         )
@@ -298,7 +298,7 @@ def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
             click.echo("  lock: free")
         for name, owner, expires in leases:
             what = "lock" if name == job.name else name[len(job.name) + 1 :]  # backfill:<window>
-            click.echo(f"  {what}: held by {owner} until {_stamp(expires)}")
+            click.echo(f"  {what}: held by {owner} until {iso_z(expires) or '-'}")
 
 
 @state.command("set")
@@ -326,7 +326,7 @@ def state_set(obj: Cli, job: str, stream: str, ts: str) -> None:
     store = obj.store()
     before = store.watermarks(job).get(stream)
     store.set_watermark(job, stream, value, _now(), force=True)
-    click.echo(f"{job}/{stream}: watermark {_stamp(before)} -> {_stamp(value)}")
+    click.echo(f"{job}/{stream}: watermark {iso_z(before) or '-'} -> {iso_z(value) or '-'}")
 
 
 # -- runs / outbox -------------------------------------------------------------------------------------
@@ -347,9 +347,21 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
     rows = obj.store().runs(job, limit)
     if as_json:
         for r in rows:
-            click.echo(json.dumps({"id": r.id, "job": r.job, "mode": r.mode, "started_at": _stamp(r.started_at),
-                                   "finished_at": _stamp(r.finished_at), "status": r.status, "window": r.window,
-                                   "counts": r.counts, "error": r.error}))  # fmt: skip
+            click.echo(
+                json.dumps(
+                    {
+                        "id": r.id,
+                        "job": r.job,
+                        "mode": r.mode,
+                        "started_at": iso_z(r.started_at) or "-",
+                        "finished_at": iso_z(r.finished_at) or "-",
+                        "status": r.status,
+                        "window": r.window,
+                        "counts": r.counts,
+                        "error": r.error,
+                    }
+                )
+            )
         return
     table = []
     for r in rows:
@@ -358,14 +370,25 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
             if isinstance(per_stream, dict):
                 for key in ("objects", "events", "profiles"):
                     totals[key] = totals.get(key, 0) + int(per_stream.get(key, 0) or 0)
-        table.append([str(r.id), r.job, r.mode, _stamp(r.started_at), _stamp(r.finished_at), r.status,
-                      str(totals.get("objects", 0)), str(totals.get("events", 0)), str(totals.get("profiles", 0)),
-                      (r.error or "")[:60]])  # fmt: skip
+        table.append(
+            [
+                str(r.id),
+                r.job,
+                r.mode,
+                iso_z(r.started_at) or "-",
+                iso_z(r.finished_at) or "-",
+                r.status,
+                str(totals.get("objects", 0)),
+                str(totals.get("events", 0)),
+                str(totals.get("profiles", 0)),
+                (r.error or "")[:60],
+            ]
+        )
     if not table:
         click.echo("no runs yet")
         return
     header = ["id", "job", "mode", "started", "finished", "status", "objects", "events", "profiles", "error"]
-    click.echo(_table(table, header))
+    click.echo(render_table(header, table))
 
 
 class OutboxGroup(click.Group):
@@ -412,12 +435,20 @@ def outbox_list(obj: Cli, job: str | None, status: str | None, limit: int) -> No
         click.echo("outbox is empty" + (f" for {status} items" if status else ""))
         return
     rows = [
-        [str(i["id"]), i["job"], i["kind"], i["unique_id"], i["status"], str(i["attempts"]),
-         _stamp(i["created_at"]), (i["last_error"] or "")[:80]]
+        [
+            str(i["id"]),
+            i["job"],
+            i["kind"],
+            i["unique_id"],
+            i["status"],
+            str(i["attempts"]),
+            iso_z(i["created_at"]) or "-",
+            (i["last_error"] or "")[:80],
+        ]
         for i in items
-    ]  # fmt: skip
+    ]
     click.echo(
-        _table(rows, ["id", "job", "kind", "unique_id", "status", "attempts", "created", "last_error"])
+        render_table(["id", "job", "kind", "unique_id", "status", "attempts", "created", "last_error"], rows)
     )
 
 
@@ -438,8 +469,13 @@ def outbox_retry(obj: Cli, job: str) -> None:
 
 @outbox.command("prune")
 @click.argument("job")
-@click.option("--older-than", metavar="DURATION", default="30d", show_default=True,
-              help="Delete sent items delivered longer ago than this.")  # fmt: skip
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    default="30d",
+    show_default=True,
+    help="Delete sent items delivered longer ago than this.",
+)
 @click.pass_obj
 def outbox_prune(obj: Cli, job: str, older_than: str) -> None:
     """Delete items Klaviyo accepted long ago (the outbox otherwise keeps them forever); pending and failed

@@ -22,29 +22,16 @@ import phonenumbers
 import yaml
 
 from etl.errors import ConfigError
-from etl.events import EVENT_PROPERTY_KEYS
+from etl.events import EVENT_PROPERTY_KEYS, METRICS
 from etl.http import DEFAULT_RETRY_BUDGET
+from etl.intercom import MAX_PER_PAGE
 from etl.models import STREAMS
 from etl.profiles import PROFILE_PROPERTY_KEYS
 
 DEFAULT_DATABASE_URL = "sqlite:///etl-state.db"
-DEFAULT_METRIC_NAMES = (
-    "Created Conversation",
-    "Rated Conversation",
-    "Read Conversation",
-    "Replied to Conversation",
-    "Created Ticket",
-    "Submitted Ticket",
-    "Replied to Ticket",
-    "Marked Ticket as Waiting on Customer",
-    "Resolved Ticket",
-)
 PROPERTY_KEYS = (*EVENT_PROPERTY_KEYS, *PROFILE_PROPERTY_KEYS)  # what property_names may rename
-MAX_PER_PAGE = 150  # Intercom search: per_page maximum (spec 2.16, StartingAfterPaging)
-MIN_INTERCOM_VERSION = (
-    2,
-    16,
-)  # docs/design.md §5: older versions answer merged contacts with 404 (not 410 + Link)
+# docs/design.md §5: older versions answer merged contacts with 404 (not 410 + Link)
+MIN_INTERCOM_VERSION = (2, 16)
 # Intercom's "Unstable" version is where changes land before they are numbered (its docs: "everything within
 # is subject to change"), so it is newer than every numbered version, 2.16 included: accepted.
 UNSTABLE_INTERCOM_VERSION = "Unstable"
@@ -281,8 +268,12 @@ def _names(value: Any, path: str, out: _Collector, allowed: tuple[str, ...] | No
     for key, name in table.items():
         if allowed is not None and key not in allowed:
             hint = _closest(str(key), allowed)
-            out.add(f"{path}.{key}", f"unknown name (did you mean {hint!r}?)" if hint
-                    else f"unknown name; expected one of: {', '.join(allowed)}")  # fmt: skip
+            out.add(
+                f"{path}.{key}",
+                f"unknown name (did you mean {hint!r}?)"
+                if hint
+                else f"unknown name; expected one of: {', '.join(allowed)}",
+            )
         elif not isinstance(name, str) or not name.strip():
             out.add(f"{path}.{key}", f"expected a non-empty string, got {name!r}")
         else:
@@ -309,11 +300,19 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
         raw,
         path,
         allowed=(
-            "intercom", "klaviyo", "streams", "start_date", "lookback", "flow_trigger_max_age",
-            "default_phone_region", "metric_names", "property_names", "lock_ttl",
+            "intercom",
+            "klaviyo",
+            "streams",
+            "start_date",
+            "lookback",
+            "flow_trigger_max_age",
+            "default_phone_region",
+            "metric_names",
+            "property_names",
+            "lock_ttl",
         ),
         required=("intercom", "klaviyo", "start_date"),
-    )  # fmt: skip
+    )
     ic = out.mapping(
         body.get("intercom"),
         f"{path}.intercom",
@@ -381,7 +380,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
             timedelta(0),
         ),
         default_phone_region=region.upper(),
-        metric_names=_names(body.get("metric_names"), f"{path}.metric_names", out, DEFAULT_METRIC_NAMES),
+        metric_names=_names(body.get("metric_names"), f"{path}.metric_names", out, METRICS),
         property_names=_names(body.get("property_names"), f"{path}.property_names", out, PROPERTY_KEYS),
         lock_ttl=out.convert(body.get("lock_ttl", "10m"), f"{path}.lock_ttl", parse_duration, timedelta(0)),
     )
@@ -456,10 +455,12 @@ def secrets_for(
         missing = [n for n in missing if n == job.intercom.token_env]
     if missing:
         raise ConfigError(
-            [f"jobs.{job.name}: environment variable {n} is not set (it must hold the "
-             f"{'Intercom access token' if n == job.intercom.token_env else 'Klaviyo private API key'})"
-             for n in missing]
-        )  # fmt: skip
+            [
+                f"jobs.{job.name}: environment variable {n} is not set (it must hold the "
+                f"{'Intercom access token' if n == job.intercom.token_env else 'Klaviyo private API key'})"
+                for n in missing
+            ]
+        )
     return Secrets(
         intercom_token=environ.get(job.intercom.token_env, "").strip(),
         klaviyo_api_key=environ.get(job.klaviyo.api_key_env, "").strip(),

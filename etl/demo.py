@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from etl.config import load_settings
-from etl.models import RunOptions
+from etl.models import RunOptions, iso_z
 from etl.runner import run_jobs
 from etl.sandbox.generator import Workspace
 from etl.sandbox.intercom_server import IntercomSandbox, serve_intercom
@@ -63,10 +63,14 @@ def run_demo(seed: int, workdir: Path | None, out: TextIO | None = None) -> int:
         config = folder / "jobs.yaml"
         config.write_text(
             JOBS_YAML.format(
-                db=folder / "etl-state.db", intercom=intercom.url, klaviyo=klaviyo.url, token_env=DEMO_TOKEN_ENV,
-                key_env=DEMO_KEY_ENV, start=(now - timedelta(days=30)).isoformat().replace("+00:00", "Z"),
+                db=folder / "etl-state.db",
+                intercom=intercom.url,
+                klaviyo=klaviyo.url,
+                token_env=DEMO_TOKEN_ENV,
+                key_env=DEMO_KEY_ENV,
+                start=iso_z(now - timedelta(days=30)),
             )
-        )  # fmt: skip
+        )
         os.environ[DEMO_TOKEN_ENV] = intercom.token
         os.environ[DEMO_KEY_ENV] = SANDBOX_API_KEY
         settings = load_settings(config)

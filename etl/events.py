@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from etl.limits import fit_properties
-from etl.models import Admin, Event, Identity, Snapshot
+from etl.models import Admin, Event, Identity, Snapshot, iso_z
 from etl.snapshots import email, part_order, to_datetime
 
 __all__ = ["METRICS", "Admin", "Context", "Inference", "diff"]
@@ -40,13 +40,38 @@ METRICS = (  # Klaviyo's native Intercom integration names them so; existing flo
 )
 # docs/design.md §4.2: every default key an event can carry (property_names may rename them)
 EVENT_PROPERTY_KEYS = (
-    "email", "phone_number", "Title", "Snoozed Until", "Waiting Since", "Priority", "Assigned Team",
-    "Assigned Admin Name", "Assigned Admin Email", "Tags", "Conversation Rating", "Conversation Source",
-    "Conversation Delivered As", "Conversation Parts Count", "SLA Status", "Reopen Count", "Assignment Count",
-    "Custom Attributes", "Conversation ID", "Category", "Ticket Parts Count", "Ticket ID", "Ticket Type",
-    "Ticket Name", "Ticket Description", "Is Shared", "Contact Email", "Contact Phone", "Team Name",
-    "Admin Name", "Admin Email",
-)  # fmt: skip
+    "email",
+    "phone_number",
+    "Title",
+    "Snoozed Until",
+    "Waiting Since",
+    "Priority",
+    "Assigned Team",
+    "Assigned Admin Name",
+    "Assigned Admin Email",
+    "Tags",
+    "Conversation Rating",
+    "Conversation Source",
+    "Conversation Delivered As",
+    "Conversation Parts Count",
+    "SLA Status",
+    "Reopen Count",
+    "Assignment Count",
+    "Custom Attributes",
+    "Conversation ID",
+    "Category",
+    "Ticket Parts Count",
+    "Ticket ID",
+    "Ticket Type",
+    "Ticket Name",
+    "Ticket Description",
+    "Is Shared",
+    "Contact Email",
+    "Contact Phone",
+    "Team Name",
+    "Admin Name",
+    "Admin Email",
+)
 STATE_METRICS = {  # ticket_state.category → metric; in_progress raises none
     "submitted": SUBMITTED_TICKET,
     "waiting_on_customer": WAITING_TICKET,
@@ -245,8 +270,8 @@ def _properties(cur: Snapshot, metric: str, identity: Identity, ctx: Context) ->
             "email": identity.email,
             "phone_number": identity.phone_number,
             "Title": data.get("title"),
-            "Snoozed Until": _iso(data.get("snoozed_until")),
-            "Waiting Since": _iso(data.get("waiting_since")),
+            "Snoozed Until": _moment(data.get("snoozed_until")),
+            "Waiting Since": _moment(data.get("waiting_since")),
             "Priority": data.get("priority"),
             "Assigned Team": team,
             "Assigned Admin Name": admin.name,
@@ -283,7 +308,7 @@ def _properties(cur: Snapshot, metric: str, identity: Identity, ctx: Context) ->
             "Assigned Team": team,
             "Assigned Admin Name": admin.name,
             "Assigned Admin Email": admin_email,
-            "Snoozed Until": _iso(data.get("snoozed_until")),
+            "Snoozed Until": _moment(data.get("snoozed_until")),
             "Ticket Parts Count": data.get("parts_count"),
             "Ticket ID": cur.object_id,
             "Ticket Type": data.get("ticket_type"),
@@ -294,6 +319,6 @@ def _properties(cur: Snapshot, metric: str, identity: Identity, ctx: Context) ->
     return {ctx.property_names.get(key, key): value for key, value in values.items()}
 
 
-def _iso(epoch: int | None) -> str | None:
-    """ISO 8601 in UTC with its offset, e.g. 2026-01-02T03:04:05+00:00."""
-    return to_datetime(epoch).isoformat() if epoch is not None else None
+def _moment(epoch: int | None) -> str | None:
+    """An epoch property as ISO 8601 with its offset, e.g. 2026-01-02T03:04:05+00:00 (docs/design.md §4.2)."""
+    return iso_z(to_datetime(epoch), offset="+00:00") if epoch is not None else None

@@ -1,4 +1,4 @@
-"""HTTP for both APIs: one session, timeouts, the one retry/pacing policy, response classification, redaction.
+"""HTTP for both APIs: one session, timeouts, the one retry/pacing policy, response classification, scrubbing.
 
 Policy (docs/design.md §5, §6):
 - pace before hitting 429: when a response says the budget is spent (`X-RateLimit-Remaining: 0` with an
@@ -31,6 +31,7 @@ from typing import Any, Self
 import requests
 from tenacity import RetryCallState, Retrying
 
+from etl import logs
 from etl.errors import EtlError
 
 DEFAULT_TIMEOUT = (5.0, 60.0)  # (connect, read) seconds; every request has one
@@ -80,14 +81,6 @@ class _Retries:
     failures: int = 0  # 5xx, timeouts, resets, unreadable bodies
     unhinted: int = 0  # 429s that named no wait
     last: _Transient | None = None
-
-
-def redact(text: str, secrets: Collection[str]) -> str:
-    """Replace every secret value in `text` (errors, logs) with `***`."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def format_duration(span: timedelta) -> str:
@@ -329,7 +322,7 @@ class HttpClient:
             raise _Transient("connection error") from None
         except requests.RequestException as exc:
             raise self.error_class(
-                f"{self.service} request failed: {redact(type(exc).__name__, self.secrets)}"
+                f"{self.service} request failed: {logs.scrub(type(exc).__name__, self.secrets)}"
             ) from None
         status = response.status_code
         self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
@@ -358,7 +351,7 @@ class HttpClient:
     def _message(self, method: str, url: str, response: requests.Response) -> str:
         status = response.status_code
         path = self._path(url)
-        detail = redact(error_detail(response), self.secrets)
+        detail = logs.scrub(error_detail(response), self.secrets)
         if status == 401:
             return (
                 f"{self.service} rejected the credentials (401): set {self.secret_env} to a valid {self.credential}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 from etl.errors import KlaviyoError
@@ -24,7 +24,7 @@ from etl.klaviyo_batches import (
     cut_profile_batches,
     without,
 )
-from etl.models import Event, OutboxItem, Profile
+from etl.models import Event, OutboxItem, Profile, iso_z
 
 REVISION = "2026-07-15"  # the Klaviyo API revision this client is written against (spec info.version)
 JSON_API = "application/vnd.api+json"  # the only media type the /api/ endpoints accept (spec requestBody)
@@ -41,10 +41,6 @@ class Delivery:
 
     sent: tuple[int, ...] = ()
     failed: Mapping[int, str] = field(default_factory=dict)
-
-
-def _iso(moment: Any) -> str:
-    return str(moment.astimezone(UTC).isoformat(timespec="seconds"))
 
 
 def _present(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,7 +60,7 @@ def event_resource(event: Event) -> dict[str, Any]:
                         "type": "event",
                         "attributes": {
                             "properties": dict(event.properties),
-                            "time": _iso(event.time),
+                            "time": iso_z(event.time, offset="+00:00", timespec="seconds"),
                             "unique_id": event.unique_id,
                             # per event, not per profile group: merged groups mix backfilled and live events
                             "backfill": event.backfill,

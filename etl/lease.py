@@ -23,8 +23,15 @@ class LeaseKeeper:
     so it counts as a lost lease too: the run must not go on as if it still held a lease nobody renews.
     """
 
-    def __init__(self, store: StateStore, name: str, owner: str, ttl: timedelta,
-                 clock: Callable[[], datetime], ticker: threading.Event | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: StateStore,
+        name: str,
+        owner: str,
+        ttl: timedelta,
+        clock: Callable[[], datetime],
+        ticker: threading.Event | None = None,
+    ) -> None:
         """`ticker` is what the keeper waits on between renewals (`wait(period)` true = stop, `set()` stops):
         a fresh Event by default; tests pass one they advance beat by beat, so no test sleeps for a TTL."""
         self.store, self.name, self.owner, self.ttl, self.clock = store, name, owner, ttl, clock

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -22,10 +23,30 @@ def register_secret(value: str) -> None:
         _SECRETS.add(value)
 
 
-def scrub(text: str) -> str:
-    for secret in _SECRETS:
-        text = text.replace(secret, "***")
+def scrub(text: str, extra: Iterable[str] = ()) -> str:
+    """Replace every registered secret, and every non-empty one of `extra` (a client's own), with `***`."""
+    for secret in (*_SECRETS, *extra):
+        if secret:
+            text = text.replace(secret, "***")
     return text
+
+
+def _scrub_fields(value: Any) -> Any:
+    """`value` with every string in it scrubbed, written as json.dumps(default=str) would write it.
+
+    Scrubbing comes before encoding: JSON escapes quotes, backslashes and non-ASCII characters, so an encoded
+    secret need not match the registered one; and replacing the escaped form instead could cut an escape
+    in two (the `n` of a newline's `\\n` starting a secret `n…`), breaking the line.
+    """
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {scrub(k) if isinstance(k, str) else k: _scrub_fields(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_fields(item) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return scrub(str(value))
 
 
 class _JsonFormatter(logging.Formatter):
@@ -39,7 +60,7 @@ class _JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return scrub(json.dumps(line, default=str))
+        return json.dumps(_scrub_fields(line))
 
 
 class _TextFormatter(logging.Formatter):

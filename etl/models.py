@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 STREAMS = ("contacts", "conversations", "tickets")
 RunMode = Literal["incremental", "backfill", "dry-run"]
+UtcOffset = Literal["Z", "+00:00"]  # how iso_z spells UTC
+Timespec = Literal["auto", "seconds"]  # the datetime.isoformat precisions iso_z writes
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,24 @@ class Profile:
     properties: Mapping[str, Any] = field(default_factory=dict)
 
 
-def iso_z(moment: datetime | None) -> str | None:
-    """`2026-03-01T12:00:00Z`: how the run history, the CLI and the windows write a moment (UTC, `Z`)."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+@overload
+def iso_z(moment: datetime, *, offset: UtcOffset = "Z", timespec: Timespec = "auto") -> str: ...
+@overload
+def iso_z(moment: None, *, offset: UtcOffset = "Z", timespec: Timespec = "auto") -> None: ...
+@overload
+def iso_z(moment: datetime | None, *, offset: UtcOffset = "Z", timespec: Timespec = "auto") -> str | None: ...
+def iso_z(moment: datetime | None, *, offset: UtcOffset = "Z", timespec: Timespec = "auto") -> str | None:
+    """A moment in UTC as ISO 8601, None as None; the one spelling of moments in everything we write.
+
+    - `2026-03-01T12:00:00Z` (the defaults): the run history, the CLI, the windows, jobs.yaml;
+    - `offset="+00:00"`: event properties such as `Snoozed Until` (docs/design.md §4.2);
+    - `offset="+00:00", timespec="seconds"`: an event's `time` in a Klaviyo payload (no fraction).
+    `timespec="auto"` adds microseconds only when there are some, as `datetime.isoformat` does.
+    """
+    if moment is None:
+        return None
+    text = moment.astimezone(UTC).isoformat(timespec=timespec)
+    return text.replace("+00:00", "Z") if offset == "Z" else text
 
 
 ItemKind = Literal["event", "profile"]

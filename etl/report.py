@@ -31,9 +31,13 @@ class Progress:
             from rich.progress import Progress as Bars
 
             self._bars = Bars(
-                TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=Console(file=stream or sys.stderr), transient=False,
-            )  # fmt: skip
+                TextColumn("{task.description:>14}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=stream or sys.stderr),
+                transient=False,
+            )
             self._bars.start()
 
     def start(self, stream: str) -> None:
@@ -76,6 +80,28 @@ SUMMARY_COLUMNS = (
 )
 
 
+def render_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right_align_from: int | None = None,
+    indent: str = "",
+) -> str:
+    """Columns two spaces apart, each as wide as its widest cell: text left-aligned, and from column
+    `right_align_from` on right-aligned (numbers); no trailing blanks; every line starts with `indent`."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
+
+    def line(cells: Sequence[str]) -> str:
+        aligned = (
+            cell.rjust(width) if right_align_from is not None and i >= right_align_from else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=False))
+        )
+        text = "  ".join(aligned).rstrip()
+        return indent + text if text else ""
+
+    return "\n".join(line(cells) for cells in [header, *rows])
+
+
 def summary_table(report: RunReport) -> str:
     """A plain-text table of one run's per-stream counts, plus delivery and API totals."""
     header = ["stream", *[name for name, _ in SUMMARY_COLUMNS]]
@@ -84,10 +110,7 @@ def summary_table(report: RunReport) -> str:
         for s in STREAMS
         if s in report.streams
     ]
-    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
-    lines = [f"job {report.job} ({report.mode})"]
-    lines += ["  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
-              for r in [header, *rows]]  # fmt: skip
+    lines = [f"job {report.job} ({report.mode})", render_table(header, rows, right_align_from=1, indent="  ")]
     counts = report.counts
     extras = {**counts.get("_delivery", {}), **counts.get("_api", {})}
     if extras:
@@ -100,8 +123,12 @@ def write_metrics(path: str, results: Sequence[tuple[RunReport, int]], store: An
     from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
     registry = CollectorRegistry()
-    last_success = Gauge("etl_last_success_timestamp_seconds", "End of the job's last successful run",
-                         ["job"], registry=registry)  # fmt: skip
+    last_success = Gauge(
+        "etl_last_success_timestamp_seconds",
+        "End of the job's last successful run",
+        ["job"],
+        registry=registry,
+    )
     duration = Gauge(
         "etl_run_duration_seconds", "Duration of the job's latest run", ["job"], registry=registry
     )

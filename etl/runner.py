@@ -36,21 +36,29 @@ def open_store(url: str, *, dry_run: bool) -> StateStore | None:
     return store
 
 
-def build_services(job: JobSettings, store: StateStore | None, dry_run: bool,
-                   environ: Mapping[str, str] | None = None) -> Services:  # fmt: skip
+def build_services(
+    job: JobSettings, store: StateStore | None, dry_run: bool, environ: Mapping[str, str] | None = None
+) -> Services:
     secrets = secrets_for(job, environ, klaviyo=not dry_run)
     logs.register_secret(secrets.intercom_token)
     logs.register_secret(secrets.klaviyo_api_key)
     intercom = IntercomClient(
-        job.intercom.base_url, secrets.intercom_token, token_env=job.intercom.token_env,
-        version=job.intercom.version, per_page=job.intercom.per_page, retry_budget=job.intercom.retry_budget,
-    )  # fmt: skip
+        job.intercom.base_url,
+        secrets.intercom_token,
+        token_env=job.intercom.token_env,
+        version=job.intercom.version,
+        per_page=job.intercom.per_page,
+        retry_budget=job.intercom.retry_budget,
+    )
     klaviyo = None
     if not dry_run:
         klaviyo = KlaviyoClient(
-            job.klaviyo.base_url, secrets.klaviyo_api_key, api_key_env=job.klaviyo.api_key_env,
-            revision=job.klaviyo.revision, retry_budget=job.klaviyo.retry_budget,
-        )  # fmt: skip
+            job.klaviyo.base_url,
+            secrets.klaviyo_api_key,
+            api_key_env=job.klaviyo.api_key_env,
+            revision=job.klaviyo.revision,
+            retry_budget=job.klaviyo.retry_budget,
+        )
     return Services(store, intercom, klaviyo)
 
 

@@ -84,9 +84,13 @@ def bench_run(scale: int) -> dict[str, float]:
     folder = tempfile.mkdtemp(prefix="etl-bench-")
     store = StateStore(f"sqlite:///{folder}/state.db")
     store.upgrade()
-    job = JobSettings(name="bench", intercom=IntercomSettings(base_url=intercom_url),
-                      klaviyo=KlaviyoSettings(base_url=klaviyo_url), streams=("contacts", "conversations", "tickets"),
-                      start_date=T0 - timedelta(days=90))  # fmt: skip
+    job = JobSettings(
+        name="bench",
+        intercom=IntercomSettings(base_url=intercom_url),
+        klaviyo=KlaviyoSettings(base_url=klaviyo_url),
+        streams=("contacts", "conversations", "tickets"),
+        start_date=T0 - timedelta(days=90),
+    )
 
     def run() -> tuple[float, float, int]:
         services = Services(
@@ -117,9 +121,17 @@ def bench_run(scale: int) -> dict[str, float]:
     parent.send("stop")
     server.join(timeout=10)
     store.close()
-    return {"first_s": first, "first_cpu": first_cpu, "objects": objects, "again_s": again, "peak": peak,
-            "events": events, "reread_s": reread, "reread_cpu": reread_cpu,
-            "reread_objects": reread_objects}  # fmt: skip
+    return {
+        "first_s": first,
+        "first_cpu": first_cpu,
+        "objects": objects,
+        "again_s": again,
+        "peak": peak,
+        "events": events,
+        "reread_s": reread,
+        "reread_cpu": reread_cpu,
+        "reread_objects": reread_objects,
+    }
 
 
 def bench_demo() -> float:

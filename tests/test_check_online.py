@@ -11,8 +11,11 @@ from tests.run_fixtures import IC_ENV, IC_TOKEN, KL_ENV, KL_KEY, sandboxes, writ
 
 
 def check(config: Path, **env: str) -> Result:
-    return CliRunner().invoke(cli, ["--config", str(config), "check", "--online"],
-                              env={IC_ENV: IC_TOKEN, KL_ENV: KL_KEY, "ETL_DATABASE_URL": "", **env})  # fmt: skip
+    return CliRunner().invoke(
+        cli,
+        ["--config", str(config), "check", "--online"],
+        env={IC_ENV: IC_TOKEN, KL_ENV: KL_KEY, "ETL_DATABASE_URL": "", **env},
+    )
 
 
 def test_check_online_accepts_good_credentials_and_names_a_bad_one(tmp_path: Path) -> None:

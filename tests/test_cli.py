@@ -38,8 +38,9 @@ def invoke(*args: str, env: dict[str, str] | None = None):
 
 def test_check_names_missing_env_vars_with_exit_2() -> None:
     """`etl check` on the example jobs.yaml lists exactly the unset variables."""
-    result = invoke("--config", str(ROOT / "jobs.yaml"), "check",
-                    env={"INTERCOM_ACCESS_TOKEN": "", "KLAVIYO_API_KEY": ""})  # fmt: skip
+    result = invoke(
+        "--config", str(ROOT / "jobs.yaml"), "check", env={"INTERCOM_ACCESS_TOKEN": "", "KLAVIYO_API_KEY": ""}
+    )
     assert result.exit_code == 2
     assert result.stderr.strip() == (
         "etl: error: 2 problems: jobs.intercom_to_klaviyo: environment variable INTERCOM_ACCESS_TOKEN is not set; "
@@ -49,8 +50,12 @@ def test_check_names_missing_env_vars_with_exit_2() -> None:
 
 def test_check_passes_with_env_and_never_prints_secrets() -> None:
     """With both variables set the job is ok and the values appear nowhere."""
-    result = invoke("--config", str(ROOT / "jobs.yaml"), "check",
-                    env={"INTERCOM_ACCESS_TOKEN": "tok-SECRET-1", "KLAVIYO_API_KEY": "pk_SECRET_2"})  # fmt: skip
+    result = invoke(
+        "--config",
+        str(ROOT / "jobs.yaml"),
+        "check",
+        env={"INTERCOM_ACCESS_TOKEN": "tok-SECRET-1", "KLAVIYO_API_KEY": "pk_SECRET_2"},
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("intercom_to_klaviyo: ok (contacts, conversations, tickets;")
     assert "SECRET" not in result.output
@@ -77,13 +82,22 @@ def test_five_mistakes_one_line_exit_2_no_traceback(tmp_path: Path) -> None:
         "jobs:\n  shop:\n    intercom: {per_page: 999, base_url: 'http://example.com'}\n"
         "    klaviyo: {}\n    start_date: someday\n    lookback: 15 mins\n    colour: blue\n"
     )
-    proc = subprocess.run([sys.executable, "-m", "etl", "--config", str(bad), "check"],
-                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "etl", "--config", str(bad), "check"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("etl: error: 5 problems: ")
-    for path in ("jobs.shop.colour", "jobs.shop.intercom.per_page", "jobs.shop.intercom.base_url",
-                 "jobs.shop.start_date", "jobs.shop.lookback"):  # fmt: skip
+    for path in (
+        "jobs.shop.colour",
+        "jobs.shop.intercom.per_page",
+        "jobs.shop.intercom.base_url",
+        "jobs.shop.start_date",
+        "jobs.shop.lookback",
+    ):
         assert path in lines[0]
     assert "Traceback" not in proc.stderr
 
@@ -132,8 +146,12 @@ def test_runs_and_outbox_commands(config: Path, db_url: str) -> None:
     store = StateStore(db_url)
     now = datetime(2026, 3, 1, tzinfo=UTC)
     run_id = store.start_run("shop", "incremental", None, now)
-    store.update_run(run_id, status="succeeded", finished_at=now,
-                     counts={"tickets": {"objects": 4, "events": 3, "profiles": 1}})  # fmt: skip
+    store.update_run(
+        run_id,
+        status="succeeded",
+        finished_at=now,
+        counts={"tickets": {"objects": 4, "events": 3, "profiles": 1}},
+    )
     with store.transaction() as conn:
         store.enqueue(
             conn,
@@ -148,8 +166,16 @@ def test_runs_and_outbox_commands(config: Path, db_url: str) -> None:
     runs = invoke("--config", str(config), "runs")
     assert runs.exit_code == 0
     assert runs.stdout.splitlines()[1].split()[:9] == [
-        str(run_id), "shop", "incremental", "2026-03-01T00:00:00Z", "2026-03-01T00:00:00Z", "succeeded", "4", "3", "1"
-    ]  # fmt: skip
+        str(run_id),
+        "shop",
+        "incremental",
+        "2026-03-01T00:00:00Z",
+        "2026-03-01T00:00:00Z",
+        "succeeded",
+        "4",
+        "3",
+        "1",
+    ]
     failed = invoke("--config", str(config), "outbox", "shop", "--status", "failed")
     assert "e2" in failed.stdout and "Invalid email address" in failed.stdout and "e1" not in failed.stdout
     retried = invoke("--config", str(config), "outbox", "retry", "shop")
@@ -193,12 +219,15 @@ def test_help_lists_every_command() -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["runs", "--limit", "0"], "etl: error: Invalid value for '--limit': 0 is not in the range 1<=x<=10000. "
-                                   "(see `etl runs --help`)"),
+        (
+            ["runs", "--limit", "0"],
+            "etl: error: Invalid value for '--limit': 0 is not in the range 1<=x<=10000. "
+            "(see `etl runs --help`)",
+        ),
         (["nope"], "etl: error: No such command 'nope'. (see `etl --help`)"),
         (["run", "--bogus"], "etl: error: No such option '--bogus'. (see `etl run --help`)"),
     ],
-)  # fmt: skip
+)
 def test_usage_errors_are_one_line_with_exit_2(args: list[str], expected: str) -> None:
     """Click's usage errors come out as one line naming the help to read (real process)."""
     proc = subprocess.run([sys.executable, "-m", "etl", *args], capture_output=True, text=True)
@@ -240,12 +269,18 @@ def test_outbox_is_a_group_whose_default_lists(tmp_path: Path, db_url: str) -> N
     assert listed.exit_code == 0 and listed.stdout.strip() == "outbox is empty"
     retry_help = invoke("outbox", "retry", "--help")
     assert retry_help.exit_code == 0 and retry_help.stdout.startswith("Usage: cli outbox retry [OPTIONS] JOB")
-    stray = subprocess.run([sys.executable, "-m", "etl", "--config", str(config), "outbox", "prune",
-                            "--older-than", "3d"], capture_output=True, text=True)  # fmt: skip
+    stray = subprocess.run(
+        [sys.executable, "-m", "etl", "--config", str(config), "outbox", "prune", "--older-than", "3d"],
+        capture_output=True,
+        text=True,
+    )
     assert stray.returncode == 2
     assert stray.stderr.strip() == "etl: error: Missing argument 'JOB'. (see `etl outbox prune --help`)"
-    ignored = subprocess.run([sys.executable, "-m", "etl", "--config", str(config), "outbox", "--older-than",
-                              "3d"], capture_output=True, text=True)  # fmt: skip
+    ignored = subprocess.run(
+        [sys.executable, "-m", "etl", "--config", str(config), "outbox", "--older-than", "3d"],
+        capture_output=True,
+        text=True,
+    )
     assert ignored.returncode == 2
     assert (
         ignored.stderr.strip() == "etl: error: No such option '--older-than'. (see `etl outbox list --help`)"
@@ -256,9 +291,11 @@ def test_outbox_is_a_group_whose_default_lists(tmp_path: Path, db_url: str) -> N
 def test_check_refuses_an_intercom_version_before_2_16(tmp_path: Path, version: str, code: int) -> None:
     """`etl check` stops on an Intercom version older than 2.16 with the one-line reason and exit 2."""
     path = tmp_path / "jobs.yaml"
-    path.write_text(JOBS.format(url="sqlite:///" + str(tmp_path / "s.db")).replace(
-        "token_env: IC_TOKEN}", f'token_env: IC_TOKEN, version: "{version}"}}'
-    ))  # fmt: skip
+    path.write_text(
+        JOBS.format(url="sqlite:///" + str(tmp_path / "s.db")).replace(
+            "token_env: IC_TOKEN}", f'token_env: IC_TOKEN, version: "{version}"}}'
+        )
+    )
     result = invoke("--config", str(path), "check", env={"IC_TOKEN": "t", "KL_KEY": "k"})
     assert result.exit_code == code, result.output
     if code:

@@ -82,31 +82,63 @@ def test_unset_env_var_is_reported_with_its_path() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("lookback: 1h30m", "lookback: 15 mins", "jobs.shop.lookback: expected a duration like 15m, got '15 mins'"),
-        ("per_page: 50", "per_page: 151", "jobs.shop.intercom.per_page: expected a whole number from 1 to 150, got 151"),
-        ("https://api.eu.intercom.io", "http://api.eu.intercom.io",
-         "jobs.shop.intercom.base_url: http:// is refused except for loopback hosts; use https:// "
-         "(got 'http://api.eu.intercom.io')"),
-        ("[tickets, contacts]", "[tickets, chats]",
-         "jobs.shop.streams: unknown stream 'chats'; expected some of: contacts, conversations, tickets"),
-        ("start_date: 2026-01-01", "start_date: soon",
-         "jobs.shop.start_date: expected an ISO 8601 timestamp or date like 2026-01-01T00:00:00Z, got 'soon'"),
+        (
+            "lookback: 1h30m",
+            "lookback: 15 mins",
+            "jobs.shop.lookback: expected a duration like 15m, got '15 mins'",
+        ),
+        (
+            "per_page: 50",
+            "per_page: 151",
+            "jobs.shop.intercom.per_page: expected a whole number from 1 to 150, got 151",
+        ),
+        (
+            "https://api.eu.intercom.io",
+            "http://api.eu.intercom.io",
+            "jobs.shop.intercom.base_url: http:// is refused except for loopback hosts; use https:// "
+            "(got 'http://api.eu.intercom.io')",
+        ),
+        (
+            "[tickets, contacts]",
+            "[tickets, chats]",
+            "jobs.shop.streams: unknown stream 'chats'; expected some of: contacts, conversations, tickets",
+        ),
+        (
+            "start_date: 2026-01-01",
+            "start_date: soon",
+            "jobs.shop.start_date: expected an ISO 8601 timestamp or date like 2026-01-01T00:00:00Z, got 'soon'",
+        ),
         ("lookback: 1h30m", "lookbak: 1h", "jobs.shop.lookbak: unknown key (did you mean 'lookback'?)"),
-        ("{Created Ticket: Ticket Opened}", "{Created Tickets: X}",
-         "jobs.shop.metric_names.Created Tickets: unknown name (did you mean 'Created Ticket'?)"),
-        ("{Created Ticket: Ticket Opened}", "{Opened: X}",
-         "jobs.shop.metric_names.Opened: unknown name; expected one of: Created Conversation, "
-         "Rated Conversation, Read Conversation, Replied to Conversation, Created Ticket, Submitted Ticket, "
-         "Replied to Ticket, Marked Ticket as Waiting on Customer, Resolved Ticket"),
-        ("metric_names: {Created Ticket: Ticket Opened}", "property_names: {Ticket Id: id}",
-         "jobs.shop.property_names.Ticket Id: unknown name (did you mean 'Ticket ID'?)"),
-        ("metric_names: {Created Ticket: Ticket Opened}", "property_names: {Colour: id}",
-         "jobs.shop.property_names.Colour: unknown name; expected one of: " + ", ".join(PROPERTY_KEYS)),
-        ("token_env: IC_TOKEN", "token_env: ic token",
-         "jobs.shop.intercom.token_env: expected an environment variable name like INTERCOM_ACCESS_TOKEN, "
-         "got 'ic token'"),
+        (
+            "{Created Ticket: Ticket Opened}",
+            "{Created Tickets: X}",
+            "jobs.shop.metric_names.Created Tickets: unknown name (did you mean 'Created Ticket'?)",
+        ),
+        (
+            "{Created Ticket: Ticket Opened}",
+            "{Opened: X}",
+            "jobs.shop.metric_names.Opened: unknown name; expected one of: Created Conversation, "
+            "Rated Conversation, Read Conversation, Replied to Conversation, Created Ticket, Submitted Ticket, "
+            "Replied to Ticket, Marked Ticket as Waiting on Customer, Resolved Ticket",
+        ),
+        (
+            "metric_names: {Created Ticket: Ticket Opened}",
+            "property_names: {Ticket Id: id}",
+            "jobs.shop.property_names.Ticket Id: unknown name (did you mean 'Ticket ID'?)",
+        ),
+        (
+            "metric_names: {Created Ticket: Ticket Opened}",
+            "property_names: {Colour: id}",
+            "jobs.shop.property_names.Colour: unknown name; expected one of: " + ", ".join(PROPERTY_KEYS),
+        ),
+        (
+            "token_env: IC_TOKEN",
+            "token_env: ic token",
+            "jobs.shop.intercom.token_env: expected an environment variable name like INTERCOM_ACCESS_TOKEN, "
+            "got 'ic token'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_each_kind_of_mistake(old: str, new: str, expected: str) -> None:
     """Each mistake is reported with its path and what was expected."""
     assert old in GOOD
@@ -138,8 +170,10 @@ def test_missing_top_level_pieces() -> None:
     """A file without jobs, or with a job lacking required keys, says what is required."""
     assert problems("database_url: sqlite:///x.db\n") == ["(top level).jobs: required"]
     assert problems("jobs:\n  shop: {}\n") == [
-        "jobs.shop.intercom: required", "jobs.shop.klaviyo: required", "jobs.shop.start_date: required"
-    ]  # fmt: skip
+        "jobs.shop.intercom: required",
+        "jobs.shop.klaviyo: required",
+        "jobs.shop.start_date: required",
+    ]
 
 
 def test_invalid_yaml_is_one_line() -> None:

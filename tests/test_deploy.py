@@ -66,8 +66,13 @@ def test_backfill_slices_are_contiguous_months() -> None:
     script = containers(job)[0]["args"][0].replace("exec etl", "echo")
     slices = []
     for index in range(job["spec"]["completions"]):
-        out = subprocess.run(["sh", "-c", script], env={"JOB_COMPLETION_INDEX": str(index)},
-                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["sh", "-c", script],
+            env={"JOB_COMPLETION_INDEX": str(index)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         words = shlex.split(out)
         slices.append((words[words.index("--since") + 1], words[words.index("--until") + 1]))
     assert slices[0][0] == "2025-01-01" and slices[-1][1] == "2026-01-01"

@@ -28,12 +28,13 @@ BASE = conversation()
 NO_RATING_TIME = {"rating": 5, "remark": "great"}
 
 CREATED = [
-    pytest.param(None, BASE, [("intercom:conversation:1295:created", "2026-02-01T10:00:00+00:00")],
-                 id="first-sight"),
+    pytest.param(
+        None, BASE, [("intercom:conversation:1295:created", "2026-02-01T10:00:00+00:00")], id="first-sight"
+    ),
     pytest.param(BASE, advanced(BASE, title="Changed"), [], id="later-sight"),
     pytest.param(None, conversation(created_at=OLD), [], id="created-before-start"),
     pytest.param(None, conversation(created_at=None), [], id="no-created-at"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("prev", "cur", "expected"), CREATED)
@@ -47,20 +48,35 @@ def reply(at_text: str) -> dict[str, Any]:
 
 
 REPLIED = [
-    pytest.param(None, BASE, [("intercom:conversation:1295:replied:1769943600", "2026-02-01T11:00:00+00:00")],
-                 id="first-sight"),
-    pytest.param(None, conversation(statistics=reply("2026-02-01T10:00")), [], id="opening-message-is-no-reply"),
+    pytest.param(
+        None,
+        BASE,
+        [("intercom:conversation:1295:replied:1769943600", "2026-02-01T11:00:00+00:00")],
+        id="first-sight",
+    ),
+    pytest.param(
+        None, conversation(statistics=reply("2026-02-01T10:00")), [], id="opening-message-is-no-reply"
+    ),
     pytest.param(None, conversation(statistics={"last_contact_reply_at": None}), [], id="no-reply"),
     pytest.param(None, conversation(statistics=None), [], id="no-statistics"),
-    pytest.param(BASE, advanced(BASE, statistics=reply("2026-02-02T08:00")),
-                 [("intercom:conversation:1295:replied:1770019200", "2026-02-02T08:00:00+00:00")], id="new-reply"),
+    pytest.param(
+        BASE,
+        advanced(BASE, statistics=reply("2026-02-02T08:00")),
+        [("intercom:conversation:1295:replied:1770019200", "2026-02-02T08:00:00+00:00")],
+        id="new-reply",
+    ),
     pytest.param(BASE, advanced(BASE, title="x"), [], id="same-reply"),
     pytest.param(BASE, advanced(BASE, statistics=reply("2026-02-01T10:30")), [], id="older-than-prev"),
-    pytest.param(None, conversation(created_at=OLD, statistics=reply("2025-07-01T00:00")), [], id="before-start"),
-    pytest.param(None, conversation(created_at=OLD, statistics=reply("2026-02-28T09:00")),
-                 [("intercom:conversation:1295:replied:1772269200", "2026-02-28T09:00:00+00:00")],
-                 id="old-conversation-new-reply"),
-]  # fmt: skip
+    pytest.param(
+        None, conversation(created_at=OLD, statistics=reply("2025-07-01T00:00")), [], id="before-start"
+    ),
+    pytest.param(
+        None,
+        conversation(created_at=OLD, statistics=reply("2026-02-28T09:00")),
+        [("intercom:conversation:1295:replied:1772269200", "2026-02-28T09:00:00+00:00")],
+        id="old-conversation-new-reply",
+    ),
+]
 
 
 @pytest.mark.parametrize(("prev", "cur", "expected"), REPLIED)
@@ -80,30 +96,55 @@ def rating(value: int, remark: str | None = None, created: str | None = None, up
 
 UNTIMED = conversation(conversation_rating=rating(5, "great"))
 RATED = [
-    pytest.param(None, BASE, [("intercom:conversation:1295:rated:1769947200", "2026-02-01T12:00:00+00:00")],
-                 id="first-sight-rating-updated-at"),
-    pytest.param(None, conversation(conversation_rating=rating(3, created="2026-02-01T11:30")),
-                 [("intercom:conversation:1295:rated:1769945400", "2026-02-01T11:30:00+00:00")],
-                 id="falls-back-to-created-at"),
-    pytest.param(None, UNTIMED,
-                 [("intercom:conversation:1295:rated:1769949000", "2026-02-01T12:30:00+00:00")],
-                 id="untimed-falls-back-to-updated-at"),
-    pytest.param(None, conversation(created_at=OLD, conversation_rating=rating(5, "great")), [],
-                 id="untimed-old-first-sight-baselined"),
+    pytest.param(
+        None,
+        BASE,
+        [("intercom:conversation:1295:rated:1769947200", "2026-02-01T12:00:00+00:00")],
+        id="first-sight-rating-updated-at",
+    ),
+    pytest.param(
+        None,
+        conversation(conversation_rating=rating(3, created="2026-02-01T11:30")),
+        [("intercom:conversation:1295:rated:1769945400", "2026-02-01T11:30:00+00:00")],
+        id="falls-back-to-created-at",
+    ),
+    pytest.param(
+        None,
+        UNTIMED,
+        [("intercom:conversation:1295:rated:1769949000", "2026-02-01T12:30:00+00:00")],
+        id="untimed-falls-back-to-updated-at",
+    ),
+    pytest.param(
+        None,
+        conversation(created_at=OLD, conversation_rating=rating(5, "great")),
+        [],
+        id="untimed-old-first-sight-baselined",
+    ),
     pytest.param(None, conversation(conversation_rating=None), [], id="no-rating"),
-    pytest.param(None, conversation(conversation_rating={"remark": "no number"}), [], id="remark-without-rating"),
+    pytest.param(
+        None, conversation(conversation_rating={"remark": "no number"}), [], id="remark-without-rating"
+    ),
     pytest.param(BASE, advanced(BASE, title="x"), [], id="unchanged"),
-    pytest.param(BASE, advanced(BASE, conversation_rating=rating(2, "slow", updated="2026-02-03T08:00")),
-                 [("intercom:conversation:1295:rated:1770105600", "2026-02-03T08:00:00+00:00")], id="re-rated"),
-    pytest.param(BASE, advanced(BASE, conversation_rating=rating(4, "quick", "2026-02-01T11:30", "2026-02-04T00:00")),
-                 [("intercom:conversation:1295:rated:1770163200", "2026-02-04T00:00:00+00:00")],
-                 id="same-rating-new-time"),
+    pytest.param(
+        BASE,
+        advanced(BASE, conversation_rating=rating(2, "slow", updated="2026-02-03T08:00")),
+        [("intercom:conversation:1295:rated:1770105600", "2026-02-03T08:00:00+00:00")],
+        id="re-rated",
+    ),
+    pytest.param(
+        BASE,
+        advanced(BASE, conversation_rating=rating(4, "quick", "2026-02-01T11:30", "2026-02-04T00:00")),
+        [("intercom:conversation:1295:rated:1770163200", "2026-02-04T00:00:00+00:00")],
+        id="same-rating-new-time",
+    ),
     pytest.param(UNTIMED, advanced(UNTIMED, updated_at=ts("2026-02-05T00:00")), [], id="untimed-unchanged"),
-    pytest.param(UNTIMED, advanced(UNTIMED, updated_at=ts("2026-02-05T00:00"),
-                                   conversation_rating=rating(5, "great!")),
-                 [("intercom:conversation:1295:rated:1770249600", "2026-02-05T00:00:00+00:00")],
-                 id="untimed-remark-changed"),
-]  # fmt: skip
+    pytest.param(
+        UNTIMED,
+        advanced(UNTIMED, updated_at=ts("2026-02-05T00:00"), conversation_rating=rating(5, "great!")),
+        [("intercom:conversation:1295:rated:1770249600", "2026-02-05T00:00:00+00:00")],
+        id="untimed-remark-changed",
+    ),
+]
 
 
 @pytest.mark.parametrize(("prev", "cur", "expected"), RATED)
@@ -114,17 +155,29 @@ def test_rated_conversation(prev, cur, expected):
 
 UNREAD = conversation(read=False)
 READ = [
-    pytest.param(None, BASE, [("intercom:conversation:1295:read:1769949000", "2026-02-01T12:30:00+00:00")],
-                 id="first-sight"),
+    pytest.param(
+        None,
+        BASE,
+        [("intercom:conversation:1295:read:1769949000", "2026-02-01T12:30:00+00:00")],
+        id="first-sight",
+    ),
     pytest.param(None, UNREAD, [], id="first-sight-unread"),
     pytest.param(None, conversation(created_at=OLD), [], id="first-sight-created-before-start"),
-    pytest.param(UNREAD, advanced(UNREAD, read=True, updated_at=ts("2026-02-06T00:00")),
-                 [("intercom:conversation:1295:read:1770336000", "2026-02-06T00:00:00+00:00")], id="became-read"),
+    pytest.param(
+        UNREAD,
+        advanced(UNREAD, read=True, updated_at=ts("2026-02-06T00:00")),
+        [("intercom:conversation:1295:read:1770336000", "2026-02-06T00:00:00+00:00")],
+        id="became-read",
+    ),
     pytest.param(BASE, advanced(BASE, updated_at=ts("2026-02-06T00:00")), [], id="still-read"),
     pytest.param(BASE, advanced(BASE, read=False), [], id="became-unread"),
-    pytest.param(conversation(read=None), BASE,
-                 [("intercom:conversation:1295:read:1769949000", "2026-02-01T12:30:00+00:00")], id="was-unknown"),
-]  # fmt: skip
+    pytest.param(
+        conversation(read=None),
+        BASE,
+        [("intercom:conversation:1295:read:1769949000", "2026-02-01T12:30:00+00:00")],
+        id="was-unknown",
+    ),
+]
 
 
 @pytest.mark.parametrize(("prev", "cur", "expected"), READ)

@@ -65,21 +65,29 @@ def test_first_sight_reconstructs_the_ticket_history():
 def test_several_state_changes_and_replies_between_two_polls_each_get_an_event():
     """Every transition and reply since the last poll is an event with its own part's time."""
     assert table(events_of(IN_PROGRESS, BUSY_POLL)) == [
-        ("Marked Ticket as Waiting on Customer", "intercom:ticket:7001:state:waiting_on_customer:1769941800",
-         stamp("2026-02-01T10:30")),
+        (
+            "Marked Ticket as Waiting on Customer",
+            "intercom:ticket:7001:state:waiting_on_customer:1769941800",
+            stamp("2026-02-01T10:30"),
+        ),
         ("Replied to Ticket", "intercom:ticket:7001:reply:6", stamp("2026-02-01T10:40")),
         ("Resolved Ticket", "intercom:ticket:7001:state:resolved:1769943600", stamp("2026-02-01T11:00")),
-        ("Marked Ticket as Waiting on Customer", "intercom:ticket:7001:state:waiting_on_customer:1769943900",
-         stamp("2026-02-01T11:05")),
-    ]  # fmt: skip
+        (
+            "Marked Ticket as Waiting on Customer",
+            "intercom:ticket:7001:state:waiting_on_customer:1769943900",
+            stamp("2026-02-01T11:05"),
+        ),
+    ]
 
 
 CREATED = [
-    pytest.param(None, ticket(), [("intercom:ticket:7001:created", stamp("2026-02-01T10:00"))], id="first-sight"),
+    pytest.param(
+        None, ticket(), [("intercom:ticket:7001:created", stamp("2026-02-01T10:00"))], id="first-sight"
+    ),
     pytest.param(ticket(), ticket(is_shared=True), [], id="later-sight"),
     pytest.param(None, ticket(created_at=OLD), [], id="created-before-start"),
     pytest.param(None, ticket(created_at=None), [], id="no-created-at"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("prev", "cur", "expected"), CREATED)
@@ -92,44 +100,81 @@ def states(events: list[Event]) -> list[tuple[str, str]]:
     return [(e.unique_id, e.time.isoformat()) for e in events if ":state:" in e.unique_id]
 
 
+def resolved_at_10_50(new_part: dict[str, Any]) -> dict[str, Any]:
+    """IN_PROGRESS read again at 10:50, resolved by then, with one more part."""
+    parts = [*IN_PROGRESS["ticket_parts"]["ticket_parts"], new_part]
+    return ticket(parts=parts, ticket_state=state("resolved"), updated_at=ts("2026-02-01T10:50"))
+
+
 QUIET_WAITING = ticket(parts=[], ticket_state=state("waiting_on_customer"))
 STATES = [
-    pytest.param(None, QUIET_WAITING,
-                 [("intercom:ticket:7001:state:waiting_on_customer:1769940000", stamp("2026-02-01T10:00"))],
-                 id="b-no-parts-uses-current-category"),
-    pytest.param(None, ticket(parts=[part("1", "2026-02-01T10:00", state="submitted")],
-                              ticket_state=state("submitted")),
-                 [("intercom:ticket:7001:state:submitted:1769940000", stamp("2026-02-01T10:00"))],
-                 id="b-earliest-part-without-previous-is-the-first-state"),
-    pytest.param(None, ticket(parts=[], ticket_state=state("in_progress")), [], id="b-in-progress-has-no-metric"),
-    pytest.param(None, ticket(created_at=OLD, parts=[], ticket_state=state("resolved")), [],
-                 id="b-before-start"),
-    pytest.param(None, ticket(created_at=OLD), [("intercom:ticket:7001:state:resolved:1769943600",
-                                                 stamp("2026-02-01T11:00"))], id="a-old-ticket-new-transition"),
-    pytest.param(ticket(parts=[], ticket_state=state("submitted")),
-                 ticket(parts=[], ticket_state=state("resolved"), updated_at=ts("2026-02-02T09:00")),
-                 [("intercom:ticket:7001:state:resolved:1770022800", stamp("2026-02-02T09:00"))],
-                 id="c-change-without-parts-at-updated-at"),
-    pytest.param(IN_PROGRESS, ticket(parts=IN_PROGRESS["ticket_parts"]["ticket_parts"]
-                                     + [part("5", "2026-02-01T10:30", state="in_progress", previous="submitted")],
-                                     ticket_state=state("resolved"), updated_at=ts("2026-02-01T10:50")),
-                 [("intercom:ticket:7001:state:resolved:1769943000", stamp("2026-02-01T10:50"))],
-                 id="c-change-the-parts-do-not-explain"),
-    pytest.param(IN_PROGRESS, ticket(parts=IN_PROGRESS["ticket_parts"]["ticket_parts"]
-                                     + [part("5", "2026-02-01T10:30", state="resolved", previous="in_progress")],
-                                     ticket_state=state("resolved"), updated_at=ts("2026-02-01T10:50")),
-                 [("intercom:ticket:7001:state:resolved:1769941800", stamp("2026-02-01T10:30"))],
-                 id="a-explains-the-change-no-c"),
-    pytest.param(ticket(), ticket(parts=[*ticket()["ticket_parts"]["ticket_parts"],
-                                        part("5", "2026-02-02T10:00", state="in_progress", previous="resolved"),
-                                        part("6", "2026-02-02T11:00", state="resolved", previous="in_progress")]),
-                 [("intercom:ticket:7001:state:resolved:1770030000", stamp("2026-02-02T11:00"))],
-                 id="a-round-trip-same-category"),
+    pytest.param(
+        None,
+        QUIET_WAITING,
+        [("intercom:ticket:7001:state:waiting_on_customer:1769940000", stamp("2026-02-01T10:00"))],
+        id="b-no-parts-uses-current-category",
+    ),
+    pytest.param(
+        None,
+        ticket(parts=[part("1", "2026-02-01T10:00", state="submitted")], ticket_state=state("submitted")),
+        [("intercom:ticket:7001:state:submitted:1769940000", stamp("2026-02-01T10:00"))],
+        id="b-earliest-part-without-previous-is-the-first-state",
+    ),
+    pytest.param(
+        None, ticket(parts=[], ticket_state=state("in_progress")), [], id="b-in-progress-has-no-metric"
+    ),
+    pytest.param(
+        None, ticket(created_at=OLD, parts=[], ticket_state=state("resolved")), [], id="b-before-start"
+    ),
+    pytest.param(
+        None,
+        ticket(created_at=OLD),
+        [("intercom:ticket:7001:state:resolved:1769943600", stamp("2026-02-01T11:00"))],
+        id="a-old-ticket-new-transition",
+    ),
+    pytest.param(
+        ticket(parts=[], ticket_state=state("submitted")),
+        ticket(parts=[], ticket_state=state("resolved"), updated_at=ts("2026-02-02T09:00")),
+        [("intercom:ticket:7001:state:resolved:1770022800", stamp("2026-02-02T09:00"))],
+        id="c-change-without-parts-at-updated-at",
+    ),
+    pytest.param(
+        IN_PROGRESS,
+        resolved_at_10_50(part("5", "2026-02-01T10:30", state="in_progress", previous="submitted")),
+        [("intercom:ticket:7001:state:resolved:1769943000", stamp("2026-02-01T10:50"))],
+        id="c-change-the-parts-do-not-explain",
+    ),
+    pytest.param(
+        IN_PROGRESS,
+        resolved_at_10_50(part("5", "2026-02-01T10:30", state="resolved", previous="in_progress")),
+        [("intercom:ticket:7001:state:resolved:1769941800", stamp("2026-02-01T10:30"))],
+        id="a-explains-the-change-no-c",
+    ),
+    pytest.param(
+        ticket(),
+        ticket(
+            parts=[
+                *ticket()["ticket_parts"]["ticket_parts"],
+                part("5", "2026-02-02T10:00", state="in_progress", previous="resolved"),
+                part("6", "2026-02-02T11:00", state="resolved", previous="in_progress"),
+            ]
+        ),
+        [("intercom:ticket:7001:state:resolved:1770030000", stamp("2026-02-02T11:00"))],
+        id="a-round-trip-same-category",
+    ),
     pytest.param(ticket(), ticket(is_shared=True), [], id="no-change"),
-    pytest.param(ticket(), ticket(parts=[*ticket()["ticket_parts"]["ticket_parts"],
-                                        part("0", "2026-01-31T09:00", state="resolved", previous="submitted")]),
-                 [], id="a-part-below-prev-high-point-is-not-new"),
-]  # fmt: skip
+    pytest.param(
+        ticket(),
+        ticket(
+            parts=[
+                *ticket()["ticket_parts"]["ticket_parts"],
+                part("0", "2026-01-31T09:00", state="resolved", previous="submitted"),
+            ]
+        ),
+        [],
+        id="a-part-below-prev-high-point-is-not-new",
+    ),
+]
 
 
 @pytest.mark.parametrize(("prev", "cur", "expected"), STATES)
@@ -148,17 +193,34 @@ def with_parts(*parts: dict[str, Any]) -> dict[str, Any]:
 
 
 REPLIES = [
-    pytest.param(None, ticket(), [("intercom:ticket:7001:reply:1", stamp("2026-02-01T10:00"))], id="first-sight"),
-    pytest.param(ticket(), with_parts(part("5", "2026-02-03T10:00", "comment", "user")),
-                 [("intercom:ticket:7001:reply:5", stamp("2026-02-03T10:00"))], id="new-user-comment"),
-    pytest.param(ticket(), with_parts(part("5", "2026-02-03T10:00", "comment", "admin")), [], id="admin-comment"),
+    pytest.param(
+        None, ticket(), [("intercom:ticket:7001:reply:1", stamp("2026-02-01T10:00"))], id="first-sight"
+    ),
+    pytest.param(
+        ticket(),
+        with_parts(part("5", "2026-02-03T10:00", "comment", "user")),
+        [("intercom:ticket:7001:reply:5", stamp("2026-02-03T10:00"))],
+        id="new-user-comment",
+    ),
+    pytest.param(
+        ticket(), with_parts(part("5", "2026-02-03T10:00", "comment", "admin")), [], id="admin-comment"
+    ),
     pytest.param(ticket(), with_parts(part("5", "2026-02-03T10:00", "note", "user")), [], id="user-note"),
     pytest.param(ticket(), ticket(), [], id="already-seen"),
-    pytest.param(None, ticket(created_at=OLD, parts=[part("1", "2025-06-01T10:00", "comment", "user"),
-                                                     part("2", "2026-02-10T10:00", "comment", "user")],
-                              ticket_state=state("submitted")),
-                 [("intercom:ticket:7001:reply:2", stamp("2026-02-10T10:00"))], id="only-replies-after-start"),
-]  # fmt: skip
+    pytest.param(
+        None,
+        ticket(
+            created_at=OLD,
+            parts=[
+                part("1", "2025-06-01T10:00", "comment", "user"),
+                part("2", "2026-02-10T10:00", "comment", "user"),
+            ],
+            ticket_state=state("submitted"),
+        ),
+        [("intercom:ticket:7001:reply:2", stamp("2026-02-10T10:00"))],
+        id="only-replies-after-start",
+    ),
+]
 
 
 @pytest.mark.parametrize(("prev", "cur", "expected"), REPLIES)

@@ -8,13 +8,13 @@ from datetime import timedelta
 import pytest
 import requests
 
+from etl import logs
 from etl.errors import IntercomError
 from etl.http import (
     MAX_WAIT_SECONDS,
     HttpClient,
     budget_spent,
     format_duration,
-    redact,
     reset_wait,
     server_time,
 )
@@ -54,11 +54,11 @@ def test_server_time_comes_from_the_date_header_else_our_clock() -> None:
     assert server_time({}, 42.0) == 42.0
 
 
-def test_budget_spent_redact_and_durations() -> None:
-    """A zero remaining budget is spotted in either family, secrets are masked, durations read like 10m0s."""
+def test_budget_spent_scrub_and_durations() -> None:
+    """A zero remaining budget is spotted in either family, a client's secrets are masked, durations read like 10m0s."""
     assert budget_spent({"X-RateLimit-Remaining": "0"}) and budget_spent({"RateLimit-Remaining": "0"})
     assert not budget_spent({"X-RateLimit-Remaining": "3"}) and not budget_spent({})
-    assert redact("Bearer abc and abc", ["abc", ""]) == "Bearer *** and ***"
+    assert logs.scrub("Bearer abc and abc", ["abc", ""]) == "Bearer *** and ***"
     assert [format_duration(timedelta(seconds=s)) for s in (600, 45, 90, 5400)] == [
         "10m0s",
         "45s",
@@ -145,9 +145,12 @@ def test_429s_that_name_no_wait_wait_the_apis_window_doubling() -> None:
         server.faults.bare_429 = True
         server.faults.storm_requests = 4
         klaviyo = KlaviyoClient(
-            server.url, SANDBOX_API_KEY, api_key_env="KLAVIYO_API_KEY",
-            sleep=klaviyo_time.sleep, clock=klaviyo_time.clock,
-        )  # fmt: skip
+            server.url,
+            SANDBOX_API_KEY,
+            api_key_env="KLAVIYO_API_KEY",
+            sleep=klaviyo_time.sleep,
+            clock=klaviyo_time.clock,
+        )
         klaviyo.check()
         klaviyo.close()
         throttled = [r.reply_headers for r in server.received if r.status == 429]

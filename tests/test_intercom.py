@@ -145,8 +145,14 @@ def test_page_numbers_and_total_count_come_from_the_responses() -> None:
 )
 def test_windows_around_a_dst_change_in_day_mode(zone: str, change: str) -> None:
     """Windows next to a 23-hour day in the workspace timezone still read every record exactly once."""
-    ws = Workspace(seed=9, start=datetime(2026, 3, 31, 12, tzinfo=UTC), contacts=30, conversations=40, tickets=15,
-                   history_days=28)  # fmt: skip
+    ws = Workspace(
+        seed=9,
+        start=datetime(2026, 3, 31, 12, tzinfo=UTC),
+        contacts=30,
+        conversations=40,
+        tickets=15,
+        history_days=28,
+    )
     middle = int(datetime.fromisoformat(change).replace(tzinfo=UTC).timestamp())
     cuts = range(middle - 2 * 86_400, middle + 2 * 86_400, 4 * 3_600 + 1)
     edges = [at(t) for t in (ws.now - 29 * 86_400, *cuts, ws.now + 2)]

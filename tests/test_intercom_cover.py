@@ -9,8 +9,16 @@ from etl.intercom import covering_query
 from etl.sandbox.intercom_query import Matching, compile_query
 
 # zones with 23/25-hour days, a 30-minute DST shift, a skipped calendar day (Apia, 2011) and +14:00
-ZONES = ["UTC", "America/Los_Angeles", "Europe/Berlin", "Australia/Lord_Howe", "Pacific/Apia",
-         "Pacific/Kiritimati", "Asia/Kolkata", "America/St_Johns"]  # fmt: skip
+ZONES = [
+    "UTC",
+    "America/Los_Angeles",
+    "Europe/Berlin",
+    "Australia/Lord_Howe",
+    "Pacific/Apia",
+    "Pacific/Kiritimati",
+    "Asia/Kolkata",
+    "America/St_Johns",
+]
 MATCHINGS = [
     *(("contacts", Matching(timezone=zone, contact_granularity="day")) for zone in ZONES),
     ("contacts", Matching(contact_granularity="second")),

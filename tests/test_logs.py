@@ -145,6 +145,34 @@ def test_a_registered_secret_never_appears_in_message_fields_or_traceback(log_fo
     assert "GET /me?token=*** failed" in text and "Bearer ***" in text and "RuntimeError: refused ***" in text
 
 
+def test_a_secret_that_json_escapes_is_scrubbed_from_json_lines() -> None:
+    """A secret with a quote, a backslash or a non-ASCII character is written escaped (`\\"`, `\\\\`, `\\u00f6`)
+    in a JSON line: it is replaced before encoding, in the message, a field (nested too) and the traceback."""
+    secret = 'tök"en\\7c1e9a'
+    logs.register_secret(secret)
+    buffer = io.StringIO()
+    logs.configure("json", 0, stream=buffer)
+    log = logs.get_logger("http")
+    log.warning(f"GET /me?token={secret} failed", extra={"fields": {"auth": [f"Bearer {secret}"]}})
+    try:
+        raise RuntimeError(f"refused {secret}")
+    except RuntimeError:
+        log.exception("unexpected error")
+    first, second = (json.loads(line) for line in buffer.getvalue().splitlines())
+    assert first["message"] == "GET /me?token=*** failed" and first["auth"] == ["Bearer ***"]
+    assert second["exception"].endswith("RuntimeError: refused ***")
+    assert secret not in buffer.getvalue() and json.dumps(secret)[1:-1] not in buffer.getvalue()
+
+
+def test_scrubbing_a_json_line_never_cuts_an_escape_in_two() -> None:
+    """A newline followed by a secret's tail is `\\n` + tail once encoded: that is not the secret `n` + tail,
+    and the line stays valid JSON with the message as logged."""
+    logs.register_secret("n0tice-7c1e9a")
+    assert (
+        json.loads(formatted("json", record("line one\n0tice-7c1e9a")))["message"] == "line one\n0tice-7c1e9a"
+    )
+
+
 def test_secrets_shorter_than_four_characters_are_not_registered() -> None:
     """An empty or tiny value (an unset variable, a typo) must not blank out ordinary words in every line."""
     for value in ("", "a", "on"):

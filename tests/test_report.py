@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from etl import logs
 from etl.models import ApiCounts, DeliveryCounts, RunReport
-from etl.report import LOG_EVERY_SECONDS, Progress, summary_table, write_metrics
+from etl.report import LOG_EVERY_SECONDS, Progress, render_table, summary_table, write_metrics
 from etl.state import StateStore
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -98,22 +98,39 @@ def test_progress_on_a_tty_draws_bars_ending_at_their_count_and_logs_nothing(log
 # -- summary table ----------------------------------------------------------------------------------
 def test_summary_table_lists_streams_in_flow_order_with_every_column_and_the_totals_line() -> None:
     """Rows in STREAMS order (absent streams left out), numbers right-aligned, "queued" sums both kinds."""
-    report = RunReport("shop", "incremental")
-    report.streams = {
-        "tickets": {"pages": 1, "objects": 5, "events": 7, "queued:events": 7, "queued:profiles": 1,
-                    "api_calls": 1, "events:Created Ticket": 5},
-        "contacts": {"pages": 12, "objects": 1130, "unchanged": 4, "profiles": 1126, "queued:profiles": 20,
-                     "skipped:no_identifier": 3, "api_calls": 12},
-    }  # fmt: skip
-    report.delivery = DeliveryCounts(profiles_sent=21, events_sent=7)
-    report.api = {"intercom": ApiCounts(calls=13, throttled=2)}
-    report.duration_ms = 1500
+    report = RunReport(
+        "shop",
+        "incremental",
+        streams={
+            "tickets": {
+                "pages": 1,
+                "objects": 5,
+                "events": 7,
+                "queued:events": 7,
+                "queued:profiles": 1,
+                "api_calls": 1,
+                "events:Created Ticket": 5,
+            },
+            "contacts": {
+                "pages": 12,
+                "objects": 1130,
+                "unchanged": 4,
+                "profiles": 1126,
+                "queued:profiles": 20,
+                "skipped:no_identifier": 3,
+                "api_calls": 12,
+            },
+        },
+        delivery=DeliveryCounts(profiles_sent=21, events_sent=7),
+        api={"intercom": ApiCounts(calls=13)},
+        duration_ms=1500,
+    )
     assert summary_table(report) == (
         "job shop (incremental)\n"
         "  stream    pages  objects  unchanged  events  profiles  queued  no_identifier  api_calls\n"
         "  contacts     12     1130          4       0      1126      20              3         12\n"
         "  tickets       1        5          0       7         0       8              0          1\n"
-        "  profiles_sent=21, events_sent=7, intercom_calls=13, intercom_retries=0, intercom_429s=2"
+        "  profiles_sent=21, events_sent=7, intercom_calls=13, intercom_retries=0, intercom_429s=0"
     )
 
 
@@ -123,6 +140,17 @@ def test_summary_table_of_a_run_that_read_nothing_is_the_header_alone() -> None:
         "job shop (dry-run)\n"
         "  stream  pages  objects  unchanged  events  profiles  queued  no_identifier  api_calls"
     )
+
+
+def test_render_table_pads_columns_to_their_widest_cell_and_leaves_no_trailing_blanks() -> None:
+    """Left-aligned by default (the CLI's tables); from `right_align_from` on right-aligned; `indent` on each line."""
+    header, rows = ["id", "status", "error"], [["7", "failed", "HTTP 400"], ["12", "sent", ""]]
+    assert render_table(header, rows) == "id  status  error\n7   failed  HTTP 400\n12  sent"
+    assert render_table(header[:2], [r[:2] for r in rows], right_align_from=0, indent="> ") == (
+        "> id  status\n>  7  failed\n> 12    sent"
+    )
+    assert render_table(["stream", "pages"], [], right_align_from=1) == "stream  pages"
+    assert render_table(["note"], [[""]], indent="  ") == "  note\n"  # a blank row stays blank, unindented
 
 
 # -- metrics file -----------------------------------------------------------------------------------
@@ -142,17 +170,23 @@ def test_metrics_file_holds_each_jobs_latest_run_for_node_exporter(tmp_path: Pat
     run_id = store.start_run("shop", "incremental", {}, T0)
     store.update_run(run_id, status="succeeded", finished_at=T0 + timedelta(seconds=90))
     store.start_run("shop", "backfill", {}, T0)  # a backfill is no "last success" of the schedule
-    shop = RunReport("shop", "incremental")
-    shop.streams = {
-        "contacts": {"objects": 30, "profiles": 26},
-        "conversations": {"objects": 12, "events:Replied to Conversation": 4, "events:Rated Conversation": 1},
-        "tickets": {"objects": 5, "events:Replied to Conversation": 2},  # same metric name: summed
-    }
-    shop.delivery = DeliveryCounts(events_failed=1, profiles_failed=2, events_sent=6)
-    shop.duration_ms = 2500
+    shop = RunReport(
+        "shop",
+        "incremental",
+        streams={
+            "contacts": {"objects": 30, "profiles": 26},
+            "conversations": {
+                "objects": 12,
+                "events:Replied to Conversation": 4,
+                "events:Rated Conversation": 1,
+            },
+            "tickets": {"objects": 5, "events:Replied to Conversation": 2},  # same metric name: summed
+        },
+        delivery=DeliveryCounts(events_failed=1, profiles_failed=2, events_sent=6),
+        duration_ms=2500,
+    )
     broken = RunReport("eu", "incremental")  # failed before it read anything or was ever recorded
-    rejected = RunReport("us", "incremental")
-    rejected.delivery, rejected.duration_ms = DeliveryCounts(events_failed=3), 40
+    rejected = RunReport("us", "incremental", delivery=DeliveryCounts(events_failed=3), duration_ms=40)
     path = tmp_path / "etl.prom"
     write_metrics(str(path), [(shop, 0), (broken, 1), (rejected, 6)], store)
     store.close()

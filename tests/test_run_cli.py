@@ -103,8 +103,18 @@ def test_run_exits_0_with_summary_json_logs_metrics_file_and_run_history(tmp_pat
     listing = invoke("--config", str(config), "runs")
     assert listing.exit_code == 0, listing.output
     header, row = listing.stdout.splitlines()
-    assert header.split() == ["id", "job", "mode", "started", "finished", "status", "objects", "events",
-                              "profiles", "error"]  # fmt: skip
+    assert header.split() == [
+        "id",
+        "job",
+        "mode",
+        "started",
+        "finished",
+        "status",
+        "objects",
+        "events",
+        "profiles",
+        "error",
+    ]
     fields = row.split()
     assert fields[:3] == [str(run.id), "shop", "incremental"] and fields[5] == "succeeded"
     counts = [totals(run.counts, k) for k in ("objects", "events", "profiles")]
@@ -153,8 +163,14 @@ def test_one_failing_job_does_not_stop_the_others_and_the_exit_code_is_the_worst
         third = dataclasses.replace(third, klaviyo=dataclasses.replace(third.klaviyo, api_key_env="BAD_KL"))
         config = write_config(tmp_path / "jobs.yaml", url, first, second, third)
         metrics = tmp_path / "etl.prom"
-        result = invoke("--config", str(config), "run", "--metrics-file", str(metrics),
-                        env={"BAD_IC": "nope-1234", "BAD_KL": "pk_nope_5678"})  # fmt: skip
+        result = invoke(
+            "--config",
+            str(config),
+            "run",
+            "--metrics-file",
+            str(metrics),
+            env={"BAD_IC": "nope-1234", "BAD_KL": "pk_nope_5678"},
+        )
         assert result.exit_code == 3
         errors = [line for line in result.stderr.splitlines() if line.startswith("etl: error:")]
         assert errors == [
@@ -190,8 +206,12 @@ def test_progress_bars_on_a_tty_are_stopped_before_the_summary(
     stdout = sys.stdout
     terminal = Terminal()
     with sandboxes() as boxes:
-        code = run_jobs(settings(f"sqlite:///{tmp_path}/state.db", boxes.job()), [],
-                        RunOptions(dry_run=True, output=str(tmp_path / "out.ndjson")), stderr=terminal)  # fmt: skip
+        code = run_jobs(
+            settings(f"sqlite:///{tmp_path}/state.db", boxes.job()),
+            [],
+            RunOptions(dry_run=True, output=str(tmp_path / "out.ndjson")),
+            stderr=terminal,
+        )
     assert code == 0
     assert sys.stdout is stdout  # rich's redirection of stdout is undone
     for thread in [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]:
@@ -237,8 +257,15 @@ def test_unwritable_output_or_metrics_file_is_a_usage_error_not_a_bug(tmp_path: 
             f"etl: error: --output: cannot write {missing / 'out.ndjson'}: No such file or directory\n"
         )
         assert boxes.intercom.server.requests == []  # refused before any work
-        metrics = invoke("--config", config, "-q", "run", "--metrics-file", str(missing / "etl.prom"),
-                         env={IC_ENV: "wrong-token-9876"})  # fmt: skip
+        metrics = invoke(
+            "--config",
+            config,
+            "-q",
+            "run",
+            "--metrics-file",
+            str(missing / "etl.prom"),
+            env={IC_ENV: "wrong-token-9876"},
+        )
     assert metrics.exit_code == 2
     assert metrics.stderr.splitlines() == [
         f"etl: error: job shop: Intercom rejected the credentials (401): set {IC_ENV} to a valid token "

@@ -34,8 +34,13 @@ def test_sigterm_ends_the_run_like_ctrl_c(tmp_path: Path) -> None:
         # every Intercom reply takes 3 s: once the first request arrived, the run is surely mid-flight
         faults = boxes.intercom.server.faults = Reached(slow_seconds=3.0, slow_rate=1.0)
         env = {**os.environ, IC_ENV: IC_TOKEN, KL_ENV: KL_KEY, "ETL_DATABASE_URL": ""}
-        proc = subprocess.Popen([sys.executable, "-m", "etl", "--config", str(config), "run"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "etl", "--config", str(config), "run"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert faults.reached.wait(timeout=20), "the run never reached Intercom"
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)

@@ -225,8 +225,11 @@ def test_reference_lists_and_contacts_match_the_spec_schemas(
     http: requests.Session, sb: IntercomSandbox
 ) -> None:
     """GET /admins, /teams, /tags and /contacts/{id} validate against their schema fragments."""
-    for path, name, key in (("admins", "admin_list", "admins"), ("teams", "team_list", "teams"),
-                            ("tags", "tag_list", "data")):  # fmt: skip
+    for path, name, key in (
+        ("admins", "admin_list", "admins"),
+        ("teams", "team_list", "teams"),
+        ("tags", "tag_list", "data"),
+    ):
         reply = http.get(f"{sb.url}/{path}")
         assert reply.status_code == 200
         assert reply.json()[key], f"/{path} is empty, so its item schema would check nothing"

@@ -32,11 +32,10 @@ def read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float = 60
 def test_sandbox_serve_on_port_0_prints_the_bound_urls_and_stops_on_sigterm() -> None:
     """Port 0 binds free ports, the printed URLs name them, both APIs answer there, and SIGTERM stops it (exit 0)."""
     # port 0 lets the kernel pick when binding, so no other process can take the port between choice and bind
+    args = ["sandbox", "serve", "--seed", "5", "--intercom-port", "0", "--klaviyo-port", "0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "etl", "sandbox", "serve", "--seed", "5", "--intercom-port", "0",
-         "--klaviyo-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [sys.executable, "-m", "etl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         printed = read_until(proc, b"Ctrl-C stops.")
         intercom = re.search(

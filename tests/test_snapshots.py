@@ -109,9 +109,18 @@ def test_digest_changes_with_a_tracked_field():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(1700000000, 1700000000), (1700000000.0, 1700000000), ("1700000000", 1700000000), (None, None),
-     (True, None), (-5, None), (10**13, None), ("soon", None), (float("nan"), None)],
-)  # fmt: skip
+    [
+        (1700000000, 1700000000),
+        (1700000000.0, 1700000000),
+        ("1700000000", 1700000000),
+        (None, None),
+        (True, None),
+        (-5, None),
+        (10**13, None),
+        ("soon", None),
+        (float("nan"), None),
+    ],
+)
 def test_timestamps_outside_unix_seconds_are_dropped(value, expected):
     """Only UNIX seconds a datetime can hold survive as timestamps; anything else is None."""
     assert to_snapshot("conversations", conversation(created_at=value)).data["created_at"] == expected
