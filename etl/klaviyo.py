@@ -96,7 +96,12 @@ def profile_resource(profile: Profile) -> dict[str, Any]:
         attributes["location"] = location
     if properties:
         attributes["properties"] = properties
-    return {"type": "profile", "attributes": attributes}
+    resource: dict[str, Any] = {"type": "profile", "attributes": attributes}
+    if profile.unset:
+        # bulk import ignores null and keeps what it is not given: a cleared property is removed by name
+        # (spec ProfileUpsertQueryResourceObject.meta → ProfileMetaPatchProperties.unset)
+        resource["meta"] = {"patch_properties": {"unset": list(profile.unset)}}
+    return resource
 
 
 def _one_line(text: str) -> str:
