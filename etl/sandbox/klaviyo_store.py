@@ -33,6 +33,7 @@ from typing import Any
 
 import phonenumbers
 
+from etl.sandbox.klaviyo_metrics import MetricBook
 from etl.sandbox.klaviyo_schema import problems
 
 MAX_METRIC_NAME = 127  # "Must be less than 128 characters" (spec, MetricCreateQueryResourceObject.name)
@@ -192,6 +193,7 @@ class KlaviyoStore:
         self._events: dict[tuple[str, str, str], StoredEvent] = {}
         self._profiles: dict[str, dict[str, Any]] = {}
         self._jobs: dict[str, ImportJob] = {}
+        self.metrics = MetricBook(clock)  # API metrics come into being with their first event
 
     # -- read-back ---------------------------------------------------------------------------------
     @property
@@ -258,6 +260,7 @@ class KlaviyoStore:
         with self.lock:
             for key, stored in accepted:
                 self._events.setdefault(key, stored)
+        self.metrics.record_events(dict.fromkeys(stored.metric for _, stored in accepted))
         return []
 
     def import_profiles(self, body: Any) -> tuple[ImportJob | None, list[dict[str, Any]]]:
