@@ -214,14 +214,17 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
     if problems:
         raise ConfigError(problems)
     for job in selected:
+        notes: list[str] = []
         if online:
             from etl.runner import check_online
 
-            check_online(job)
+            notes = check_online(job)
         click.echo(
             f"{job.name}: ok ({', '.join(job.streams)}; Intercom {job.intercom.base_url}, "
             f"Klaviyo {job.klaviyo.base_url}{'; credentials accepted' if online else ''})"
         )
+        for line in notes:  # native Intercom metrics and the flows to re-point (docs/design.md §4)
+            click.echo(line)
     click.echo(f"database: {redact_url(settings.database_url)} ({_database_status(settings.database_url)})")
 
 

@@ -27,7 +27,9 @@ SUBMITTED_TICKET = "Submitted Ticket"
 REPLIED_TO_TICKET = "Replied to Ticket"
 WAITING_TICKET = "Marked Ticket as Waiting on Customer"
 RESOLVED_TICKET = "Resolved Ticket"
-METRICS = (  # Klaviyo's native Intercom integration names them so; existing flows keep working
+# Klaviyo's native Intercom integration names them so, and reports read the same; but the events land in API
+# metrics apart from the native ones, so flows must be re-pointed (docs/design.md §4, `etl check --online`)
+METRICS = (
     CREATED_CONVERSATION,
     RATED_CONVERSATION,
     READ_CONVERSATION,

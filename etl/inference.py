@@ -72,16 +72,18 @@ class Inference:
         A profile's unique_id is a digest of its content, so a contact that changes and changes back
         (A → B → A: unsubscribed, then subscribed again) meets the id it was sent under before: when its
         stored snapshot gave another profile, the entry is re-queued, or Klaviyo would keep B.
+        The stored snapshot's profile is also what was sent before: what it had and this one has not is
+        unset in Klaviyo (bulk import only sets what it is given).
         """
         if contact.object_id in self.profiled and not force:
             return
         self.profiled.add(contact.object_id)
         tags, region, names = self.intercom.tags(), self.job.default_phone_region, self.job.property_names
-        profile, counts = to_profile(contact, tags, region, names)
+        before = to_profile(prev, tags, region, names)[0] if prev is not None else None
+        profile, counts = to_profile(contact, tags, region, names, before=before)
         for key, n in counts.items():
             self.report.add(stream, key, n)
         if profile is not None:
-            before = to_profile(prev, tags, region, names)[0] if prev is not None else None
             changed = before is not None and before.unique_id != profile.unique_id
             entries.append(
                 OutboxEntry("profile", profile.unique_id, profile_resource(profile), requeue=changed)

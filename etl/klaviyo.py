@@ -4,7 +4,8 @@ The JSON:API shape stops here (docs/design.md §6). `event_resource` and `profil
 the outbox stores and dry-run prints; `KlaviyoClient.send_profiles` / `send_events` deliver outbox items and
 say, per outbox id, whether Klaviyo accepted it. Retries, pacing and 429s are `etl.http`'s one policy; a 400
 whose error pointers name items fails those items and the rest is resent; any other 4xx stops the delivery
-with a `KlaviyoError`, leaving the items pending.
+with a `KlaviyoError`, leaving the items pending. `KlaviyoClient.metrics` lists the account's metrics by
+integration, with the flows they trigger, for `etl check --online` (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ JSON_API = "application/vnd.api+json"  # the only media type the /api/ endpoints
 EVENTS_PATH = "/api/event-bulk-create-jobs"
 IMPORT_JOBS_PATH = "/api/profile-bulk-import-jobs"
 IMPORT_ERRORS_PAGE_SIZE = 100  # max page[size] of GET …/import-errors (spec)
+METRICS_PATH = "/api/metrics"  # get_metrics: 200 a page, no page[size] (spec)
+API_CATEGORY = "API"  # integration.category of the metrics that events sent through the API land in
 POLL_INTERVAL_SECONDS = 2.0  # between import-job status checks; a job of 10,000 profiles takes seconds
 JOB_TIMEOUT_SECONDS = 900.0  # give up waiting for one import job after this long (its items stay pending)
 
@@ -41,6 +44,26 @@ class Delivery:
 
     sent: tuple[int, ...] = ()
     failed: Mapping[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A flow of the account, as a metric's `flow-triggers` name it."""
+
+    id: str
+    name: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric of the account and the integration (sending mechanism) it belongs to."""
+
+    id: str
+    name: str
+    integration: str  # integration.name: "Intercom", "API", …
+    category: str  # integration.category
+    flows: tuple[Flow, ...] = ()  # the flows it triggers (when asked for)
 
 
 def _present(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,7 +115,12 @@ def profile_resource(profile: Profile) -> dict[str, Any]:
         attributes["location"] = location
     if properties:
         attributes["properties"] = properties
-    return {"type": "profile", "attributes": attributes}
+    resource: dict[str, Any] = {"type": "profile", "attributes": attributes}
+    if profile.unset:
+        # bulk import ignores null and keeps what it is not given: a cleared property is removed by name
+        # (spec ProfileUpsertQueryResourceObject.meta → ProfileMetaPatchProperties.unset)
+        resource["meta"] = {"patch_properties": {"unset": list(profile.unset)}}
+    return resource
 
 
 def _one_line(text: str) -> str:
@@ -173,6 +201,53 @@ class KlaviyoClient(ApiClient):
         fails the first delivery with a 403 that names them.
         """
         self.http.request("GET", IMPORT_JOBS_PATH, params={"page[size]": 1})
+
+    def metrics(
+        self, *, integration: str | None = None, category: str | None = None, flows: bool = False
+    ) -> list[Metric] | None:
+        """The account's metrics of one integration (by name) or category, with the flows they trigger if
+        `flows`; every page. None when the key may not read metrics (403: it lacks `metrics:read`)."""
+        params: dict[str, Any] = {}
+        if integration is not None:
+            params["filter"] = f'equals(integration.name,"{integration}")'
+        elif category is not None:
+            params["filter"] = f'equals(integration.category,"{category}")'
+        if flows:
+            params["include"] = "flow-triggers"
+        found: list[Metric] = []
+        url: str | None = METRICS_PATH
+        query: dict[str, Any] | None = params
+        while url:
+            reply = self.http.request("GET", url, params=query, accept=(403,))
+            if reply.status == 403:
+                return None
+            body = reply.body or {}
+            included: dict[str, Flow] = {}
+            for resource in body.get("included") or []:
+                if resource.get("type") == "flow":
+                    attributes = resource.get("attributes") or {}
+                    flow_id = str(resource.get("id"))
+                    included[flow_id] = Flow(
+                        flow_id, str(attributes.get("name")), str(attributes.get("status"))
+                    )
+            for resource in body.get("data") or []:
+                attributes = resource.get("attributes") or {}
+                source = attributes.get("integration") or {}
+                triggers = ((resource.get("relationships") or {}).get("flow-triggers") or {}).get(
+                    "data"
+                ) or []
+                found.append(
+                    Metric(
+                        id=str(resource.get("id")),
+                        name=str(attributes.get("name") or ""),
+                        integration=str(source.get("name") or ""),
+                        category=str(source.get("category") or ""),
+                        flows=tuple(included[t["id"]] for t in triggers if t.get("id") in included),
+                    )
+                )
+            url = (body.get("links") or {}).get("next")
+            query = None  # the next link carries the filter, the include and the cursor
+        return found
 
     # -- events -----------------------------------------------------------------------------------
     def send_events(self, items: Sequence[OutboxItem]) -> Delivery:

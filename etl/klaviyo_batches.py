@@ -12,7 +12,8 @@ it duplicates: sent when that one is sent, failed with its error otherwise.
 
 Two profiles with the same identifiers in one import job are merged the same way: the later payload (the
 contact's newer state; profiles are full upserts) replaces the earlier one at the earlier position, and
-both outbox items share that position's fate.
+both outbox items share that position's fate. The earlier one's `meta.patch_properties.unset` keys that the
+later one does not set are kept, or a removal queued before would be lost with it.
 """
 
 from __future__ import annotations
@@ -187,6 +188,19 @@ def _profile_key(payload: Mapping[str, Any]) -> tuple[Any, Any]:
     return (attributes.get("email"), attributes.get("phone_number"))
 
 
+def _superseding(older: Mapping[str, Any], newer: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`newer`, also unsetting what `older` unset and `newer` does not set."""
+
+    def unset(payload: Mapping[str, Any]) -> list[str]:
+        return list(((payload.get("meta") or {}).get("patch_properties") or {}).get("unset") or [])
+
+    sets = (newer.get("attributes") or {}).get("properties") or {}
+    carried = [key for key in unset(older) if key not in sets and key not in unset(newer)]
+    if not carried:
+        return newer
+    return {**newer, "meta": {"patch_properties": {"unset": sorted(unset(newer) + carried)}}}
+
+
 def cut_profile_batches(
     items: Sequence[OutboxItem],
     *,
@@ -198,6 +212,7 @@ def cut_profile_batches(
     batches: list[ProfileBatch] = []
     too_big: dict[int, str] = {}
     profiles: list[bytes] = []
+    payloads: list[Mapping[str, Any]] = []
     positions: list[list[int]] = []
     ids: list[int] = []
     where: dict[tuple[Any, Any], int] = {}
@@ -205,14 +220,17 @@ def cut_profile_batches(
     size = empty
 
     def flush() -> None:
-        nonlocal profiles, positions, ids, where, size
+        nonlocal profiles, payloads, positions, ids, where, size
         if profiles:
             body = _PROFILES_HEAD + b",".join(profiles) + _BODY_TAIL
             batches.append(ProfileBatch(body, tuple(tuple(p) for p in positions), tuple(ids)))
-        profiles, positions, ids, where, size = [], [], [], {}, empty
+        profiles, payloads, positions, ids, where, size = [], [], [], [], {}, empty
 
     for item in items:
-        encoded = encode(item.payload)
+        key = _profile_key(item.payload)
+        index = where.get(key)
+        payload = item.payload if index is None else _superseding(payloads[index], item.payload)
+        encoded = encode(payload)
         if len(encoded) > max_profile_bytes or empty + len(encoded) > max_bytes:
             too_big[item.id] = (
                 f"profile payload of {len(encoded):,} bytes exceeds Klaviyo's limit of "
@@ -220,11 +238,10 @@ def cut_profile_batches(
             )
             continue
         ids.append(item.id)
-        key = _profile_key(item.payload)
-        index = where.get(key)
         if index is not None and size - len(profiles[index]) + len(encoded) <= max_bytes:
             size += len(encoded) - len(profiles[index])
             profiles[index] = encoded  # the newer state of the same contact supersedes the older one
+            payloads[index] = payload
             positions[index].append(item.id)
             continue
         added = len(encoded) + (1 if profiles else 0)
@@ -235,6 +252,7 @@ def cut_profile_batches(
             added = len(encoded)
         where[key] = len(profiles)
         profiles.append(encoded)
+        payloads.append(payload)
         positions.append([item.id])
         size += added
     flush()

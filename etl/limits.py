@@ -1,13 +1,15 @@
 """Klaviyo's payload limits, applied to event and profile properties before they reach the outbox.
 
-Pure. `fit_properties` drops empty top-level values (docs/design.md §4.2: 0, null and "" are left out;
-booleans stay) and cuts what Klaviyo would refuse (docs/design.md §6), returning how many values it cut.
+Pure. `fit_properties` drops empty top-level values and cuts what Klaviyo would refuse (docs/design.md §6),
+returning how many values it cut. What counts as empty differs (docs/design.md §4.2): for event properties
+`is_empty` (0, null, "" and empty containers; booleans stay), for profiles `is_blank` (null, "" and empty
+containers: a profile's 0 is a value people segment on, and a cleared value is unset, not sent).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +47,19 @@ def is_empty(value: Any) -> bool:
     return isinstance(value, Mapping | list | tuple) and len(value) == 0
 
 
-def fit_properties(properties: Mapping[str, Any]) -> Fitted:
-    """Drop empty top-level values, then cut strings, arrays, nesting and key count to Klaviyo's limits."""
-    kept = {key: value for key, value in properties.items() if not is_empty(value)}
+def is_blank(value: Any) -> bool:
+    """True for null, "" and empty containers: the values a profile does not send (0 and false it does)."""
+    if value is None:
+        return True
+    if isinstance(value, str | Mapping | list | tuple):
+        return len(value) == 0
+    return False
+
+
+def fit_properties(properties: Mapping[str, Any], empty: Callable[[Any], bool] = is_empty) -> Fitted:
+    """Drop empty top-level values (`empty` says which), then cut strings, arrays, nesting and key count to
+    Klaviyo's limits."""
+    kept = {key: value for key, value in properties.items() if not empty(value)}
     cutter = _Cutter(budget=MAX_PROPERTIES)
     fitted: dict[str, Any] = {}
     for key in kept:  # top-level keys are spent first, so a big nested object cannot crowd them out

@@ -86,6 +86,8 @@ class Profile:
     image: str | None = None
     location: Mapping[str, str] = field(default_factory=dict)  # city / country / region
     properties: Mapping[str, Any] = field(default_factory=dict)
+    # property keys sent before and empty now: Klaviyo removes them (`meta.patch_properties.unset`)
+    unset: tuple[str, ...] = ()
 
 
 @overload

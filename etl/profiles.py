@@ -1,6 +1,9 @@
 """Contact snapshot → Klaviyo profile, and the identity (email / E.164 phone) events are keyed by.
 
-Pure: no I/O. Counts returned beside results use the keys `dropped:invalid_email`, `dropped:invalid_phone`,
+Pure: no I/O. A profile's values are sent as they are, 0 and false included; a tracked property that the
+contact's previous profile had and this one has not (tags removed, a custom attribute cleared) is listed in
+`Profile.unset`, because Klaviyo's bulk import only sets what it is given (docs/design.md §4.2).
+Counts returned beside results use the keys `dropped:invalid_email`, `dropped:invalid_phone`,
 `skipped:no_identifier` and `truncated`; the pipeline adds them to the run report.
 """
 
@@ -13,7 +16,7 @@ from typing import Any
 
 import phonenumbers
 
-from etl.limits import fit_properties
+from etl.limits import fit_properties, is_blank
 from etl.models import Identity, Profile, Snapshot
 from etl.snapshots import digest, email, obj, text
 
@@ -93,8 +96,14 @@ def to_profile(
     tags: Mapping[str, str],
     default_phone_region: str,
     property_names: Mapping[str, str] | None = None,
+    before: Profile | None = None,
 ) -> tuple[Profile | None, dict[str, int]]:
-    """The Klaviyo profile of a contact snapshot (docs/design.md §4.2); None without an email or phone."""
+    """The Klaviyo profile of a contact snapshot (docs/design.md §4.2); None without an email or phone.
+
+    `before` is the profile of the contact's previous state, as it was sent: its tracked properties that are
+    empty or absent now are listed in `unset`, and take part in the unique_id (a profile that differs only in
+    what it removes is another upsert).
+    """
     identity, counts = contact_identity(contact, default_phone_region)
     if identity is None:
         return None, {**counts, "skipped:no_identifier": 1}
@@ -117,11 +126,11 @@ def to_profile(
     raw_properties = {
         names.get(key, key): value for key, value in zip(PROFILE_PROPERTY_KEYS, values, strict=True)
     }
-    fitted = fit_properties(raw_properties)
+    fitted = fit_properties(raw_properties, empty=is_blank)
     if fitted.truncations:
         counts["truncated"] = fitted.truncations
     image = text(data.get("avatar"))
-    content = {
+    content: dict[str, Any] = {
         "email": identity.email,
         "phone_number": identity.phone_number,
         "first_name": first_name,
@@ -130,6 +139,14 @@ def to_profile(
         "location": location,
         "properties": fitted.properties,
     }
+    unset: tuple[str, ...] = ()
+    if before is not None:
+        tracked = {names.get(key, key) for key in PROFILE_PROPERTY_KEYS}
+        unset = tuple(
+            sorted(key for key in before.properties if key in tracked and key not in fitted.properties)
+        )
+    if unset:  # only then: an unchanged profile keeps the unique_id it was sent under
+        content["unset"] = list(unset)
     profile = Profile(
         unique_id=f"intercom:contact:{contact.object_id}:{digest(content)[:16]}",
         identity=identity,
@@ -138,5 +155,6 @@ def to_profile(
         image=image,
         location=location,
         properties=fitted.properties,
+        unset=unset,
     )
     return profile, counts

@@ -13,14 +13,16 @@ from typing import Any, TextIO
 from etl import logs
 from etl.config import JobSettings, Settings, secrets_for
 from etl.errors import EtlError, ItemsRejected, UsageError, worst_exit_code
+from etl.events import METRICS
 from etl.intercom import IntercomClient
-from etl.klaviyo import KlaviyoClient
+from etl.klaviyo import API_CATEGORY, KlaviyoClient, Metric
 from etl.models import RunOptions, RunReport
 from etl.pipeline import JobRun, Services
 from etl.report import Progress, summary_table, write_metrics
 from etl.state import StateStore
 
 log = logs.get_logger("runner")
+NATIVE_INTEGRATION = "Intercom"  # integration.name of the metrics Klaviyo's own Intercom integration records
 
 
 def open_store(url: str, *, dry_run: bool) -> StateStore | None:
@@ -137,12 +139,48 @@ def _run_one(
     return (job_run.report if job_run is not None else RunReport(job.name, "incremental")), code
 
 
-def check_online(job: JobSettings) -> None:
-    """Test both credentials against the APIs (one cheap read each)."""
+def check_online(job: JobSettings) -> list[str]:
+    """Test both credentials against the APIs (one cheap read each); then the lines about Klaviyo's native
+    Intercom metrics that `etl check --online` prints (`native_metric_lines`)."""
     services = build_services(job, None, dry_run=False)
     try:
         services.intercom.admins()
         assert services.klaviyo is not None
         services.klaviyo.check()
+        native = services.klaviyo.metrics(integration=NATIVE_INTEGRATION, flows=True)
+        api = services.klaviyo.metrics(category=API_CATEGORY) if native else []
+        return native_metric_lines(job, native, api or [])
     finally:
         services.close()
+
+
+def native_metric_lines(job: JobSettings, native: list[Metric] | None, api: list[Metric]) -> list[str]:
+    """Each native Intercom metric, the flows it triggers, and the API metric of the same name to re-point
+    them to (docs/design.md §4): Klaviyo keeps one metric per name *and* sending mechanism, so a flow on
+    the native metric never fires on the events etl sends. `native` is None when the key may not read
+    metrics."""
+    if native is None:
+        return [
+            f"{job.name}: native Intercom metrics not checked: the Klaviyo API key lacks the metrics:read scope"
+        ]
+    if not native:
+        return [f"{job.name}: no native Intercom metrics in Klaviyo"]
+    by_name = {metric.name: metric for metric in api}
+    lines = [f"{job.name}: native Intercom metrics in Klaviyo; flows they trigger miss the events etl sends:"]
+    for metric in sorted(native, key=lambda m: (m.name, m.id)):
+        name = job.metric_names.get(metric.name, metric.name)
+        target = by_name.get(name)
+        if metric.name not in METRICS:
+            lines.append(f"  {metric.name} [{metric.id}]: etl sends no such metric")
+            where = "etl sends nothing to re-point it to"
+        elif target is None:
+            lines.append(
+                f"  {metric.name} [{metric.id}] → API metric {name}: not created yet: run once first"
+            )
+            where = "re-point its trigger once that exists"
+        else:
+            lines.append(f"  {metric.name} [{metric.id}] → API metric {name} [{target.id}]")
+            where = f"re-point its trigger to {target.id}"
+        for flow in sorted(metric.flows, key=lambda f: (f.name, f.id)):
+            lines.append(f'    flow "{flow.name}" [{flow.id}, {flow.status}]: {where}')
+    return lines

@@ -76,6 +76,19 @@ def test_profile_resource_leaves_out_absent_values_and_adds_the_contact_id() -> 
     }
 
 
+def test_profile_resource_unsets_cleared_properties_in_its_meta() -> None:
+    """A profile with cleared properties carries them in `meta.patch_properties.unset`, valid per the spec."""
+    profile = Profile("u1", Identity(email="a@x.io"), properties={"n": 0}, unset=("intercom_tags",))
+    resource = profile_resource(profile)
+    assert resource == {
+        "type": "profile",
+        "attributes": {"email": "a@x.io", "properties": {"n": 0}},
+        "meta": {"patch_properties": {"unset": ["intercom_tags"]}},
+    }
+    body = {"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": [resource]}}}}
+    assert schema_errors("requests", "ProfileImportJobCreateQuery", body) == []
+
+
 def test_batch_bodies_are_valid_against_the_spec() -> None:
     """Bodies cut from resources validate against EventsBulkCreateJob and ProfileImportJobCreateQuery."""
     event_batches, _ = cut_event_batches([event_item(n, email="same@example.com") for n in range(3)])
@@ -146,6 +159,26 @@ def test_the_newer_profile_of_a_contact_replaces_the_older_in_one_job() -> None:
     assert profiles[0] == newer.payload
     assert batch.positions == ((1, 2), (3,))
     assert batch.ids_at("/data/attributes/profiles/data/0/attributes/email") == (1, 2)
+
+
+def test_a_newer_profile_keeps_the_removals_of_the_older_it_replaces() -> None:
+    """Tags removed (older, pending) then another change (newer): the merged entry still unsets the tags,
+    unless the newer one sets them again; the body stays valid against the spec."""
+
+    def item(n: int, properties: dict[str, object], unset: tuple[str, ...] = ()) -> OutboxItem:
+        profile = Profile(f"u{n}", Identity(email="a@x.io"), properties=properties, unset=unset)
+        return OutboxItem(n, "demo", "profile", profile.unique_id, profile_resource(profile))
+
+    older = item(1, {"intercom_contact_role": "user"}, unset=("intercom_custom_attributes", "intercom_tags"))
+    newer = item(2, {"intercom_contact_role": "lead", "intercom_tags": ["vip"]})
+    [batch], _ = cut_profile_batches([older, newer])
+    body = json.loads(batch.body)
+    assert schema_errors("requests", "ProfileImportJobCreateQuery", body) == []
+    (entry,) = body["data"]["attributes"]["profiles"]["data"]
+    assert entry["attributes"]["properties"] == {"intercom_contact_role": "lead", "intercom_tags": ["vip"]}
+    assert entry["meta"] == {"patch_properties": {"unset": ["intercom_custom_attributes"]}}
+    [alone], _ = cut_profile_batches([newer])
+    assert "meta" not in json.loads(alone.body)["data"]["attributes"]["profiles"]["data"][0]
 
 
 def test_default_limits_are_klaviyos() -> None:

@@ -195,6 +195,29 @@ def test_an_import_job_moves_from_queued_to_complete(
     assert klaviyo.profiles["user2@example.com"]["properties"]["intercom_contact_id"] == "c2"
 
 
+def test_imports_merge_properties_replace_objects_whole_and_apply_unset(
+    klaviyo: KlaviyoServer, http: requests.Session
+) -> None:
+    """A second import merges top-level property keys, replaces an object value whole, ignores null, and
+    removes the keys its `meta.patch_properties.unset` names (a list, or one key as a string)."""
+
+    def imported(properties: dict[str, Any], unset: Any = None) -> None:
+        profile: dict[str, Any] = {
+            "type": "profile",
+            "attributes": {"email": "a@x.io", "properties": properties},
+        }
+        if unset is not None:
+            profile["meta"] = {"patch_properties": {"unset": unset}}
+        body = {"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": [profile]}}}}
+        assert post(http, klaviyo, IMPORTS, body).status_code == 202
+
+    imported({"tags": ["vip"], "count": 2, "attrs": {"plan": "pro", "seats": 3}, "role": "user"})
+    imported({"count": 0, "attrs": {"seats": 3}, "role": None}, unset=["tags"])
+    assert klaviyo.profiles["a@x.io"]["properties"] == {"count": 0, "attrs": {"seats": 3}, "role": "user"}
+    imported({}, unset="attrs")
+    assert klaviyo.profiles["a@x.io"]["properties"] == {"count": 0, "role": "user"}
+
+
 def test_an_invalid_email_fails_the_whole_import_naming_each(
     klaviyo: KlaviyoServer, http: requests.Session
 ) -> None:

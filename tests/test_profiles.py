@@ -188,3 +188,44 @@ def test_sparse_contact_leaves_empty_values_out():
     assert (profile.first_name, profile.last_name, profile.image) == (None, None, None)
     assert dict(profile.location) == {}
     assert dict(profile.properties) == {"intercom_contact_id": "9"}
+
+
+def test_zero_and_false_are_profile_values_while_empty_ones_are_not_sent():
+    """A profile keeps 0 and false (people segment on them); null, "" and empty lists/objects are not sent."""
+    raw = contact(
+        opted_out_subscription_types={"type": "list", "data": [], "total_count": 0},
+        custom_attributes={},
+        tags={"data": []},
+        role="",
+    )
+    profile, _ = profile_of(raw)
+    assert profile is not None
+    assert dict(profile.properties) == {
+        "intercom_contact_id": "c-mail",
+        "intercom_has_hard_bounced": False,
+        "intercom_marked_email_as_spam": True,
+        "intercom_unsubscribed_from_emails": False,
+        "intercom_opted_out_subscription_types_count": 0,
+    }
+    assert profile.unset == ()
+
+
+def test_what_the_previous_profile_had_and_this_one_has_not_is_unset_under_its_sent_name():
+    """Tags removed and attributes emptied since the previous profile: their keys (renamed by property_names)
+    are unset; a property still present, 0 included, is not; the unset set takes part in the unique_id."""
+    names = {"intercom_tags": "tags"}
+    before, _ = profile_of(contact(), property_names=names)
+    cleared = contact(
+        tags={"data": []},
+        custom_attributes={},
+        opted_out_subscription_types={"type": "list", "data": [], "total_count": 0},
+    )
+    after, _ = profile_of(cleared, property_names=names, before=before)
+    alone, _ = profile_of(cleared, property_names=names)
+    assert before is not None and after is not None and alone is not None
+    assert after.unset == ("intercom_custom_attributes", "tags")
+    assert after.properties["intercom_opted_out_subscription_types_count"] == 0
+    assert alone.unset == () and alone.properties == after.properties
+    assert after.unique_id != alone.unique_id
+    same, _ = profile_of(contact(updated_at=5), property_names=names, before=before)
+    assert same is not None and same.unset == () and same.unique_id == before.unique_id

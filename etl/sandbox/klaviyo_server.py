@@ -4,8 +4,10 @@ Endpoints (spec operationIds): `POST /api/event-bulk-create-jobs` (bulk_create_e
 `POST /api/profile-bulk-import-jobs` (bulk_import_profiles: 202 with the job), `GET
 /api/profile-bulk-import-jobs` (get_bulk_import_profiles_jobs: newest first, cursor paging), `GET
 /api/profile-bulk-import-jobs/{job_id}` (queued → processing → complete) and `GET
-/api/profile-bulk-import-jobs/{id}/import-errors` (cursor paging, `page[size]` 1-100, default 20).
-What fails a whole request and what lands in `import-errors` is in `etl.sandbox.klaviyo_store`.
+/api/profile-bulk-import-jobs/{id}/import-errors` (cursor paging, `page[size]` 1-100, default 20) and `GET
+/api/metrics` (get_metrics: the metrics with their `integration`, `filter`, `include=flow-triggers`; in
+`etl.sandbox.klaviyo_metrics`). What fails a whole request and what lands in `import-errors` is in
+`etl.sandbox.klaviyo_store`.
 
 Checked on every request, in this order, each answered in the spec's error shape:
 `Authorization: Klaviyo-API-Key <key>` (401 when missing or unknown, 403 when the key lacks the operation's
@@ -13,10 +15,11 @@ scope), the `revision` header (400 when missing or malformed), `Content-Type: ap
 on POST (415), the rate limit per key and endpoint (429 with `Retry-After` past `burst_per_second` or
 `steady_per_minute`; `RateLimit-Limit/Remaining/Reset` on every success), the body size (413).
 
-Read-back for tests: `events` (deduped), `profiles` (by profile key), `received` (every request the fake
-answered itself, with status and raw body; `count()` filters them), `settings`, `faults` (the base's
-switches; a storm's 429 carries `Retry-After: settings.storm_retry_after`, none with `faults.bare_429`;
-`faults.clock_skew` moves the `Date` header off the client's clock).
+Read-back for tests: `events` (deduped), `profiles` (by profile key), `metrics` (the MetricBook: API
+metrics made by events; `seed` / `seed_flow` add a native integration's metrics and their flows),
+`received` (every request the fake answered itself, with status and raw body; `count()` filters them),
+`settings`, `faults` (the base's switches; a storm's 429 carries `Retry-After: settings.storm_retry_after`,
+none with `faults.bare_429`; `faults.clock_skew` moves the `Date` header off the client's clock).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from etl.sandbox.klaviyo_metrics import MetricBook, QueryError
 from etl.sandbox.klaviyo_ratelimit import RateLimiter
 from etl.sandbox.klaviyo_store import (
     ImportJob,
@@ -43,7 +47,17 @@ from etl.sandbox.server import SandboxHandler, SandboxServer
 
 SANDBOX_API_KEY = "pk_sandbox_0123456789abcdef"  # accepted with every scope unless settings say otherwise
 JSON_API = "application/vnd.api+json"
-ALL_SCOPES = frozenset({"events:write", "profiles:read", "profiles:write", "lists:read", "lists:write"})
+ALL_SCOPES = frozenset(
+    {
+        "events:write",
+        "profiles:read",
+        "profiles:write",
+        "lists:read",
+        "lists:write",
+        "metrics:read",
+        "flows:read",
+    }
+)
 _REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")  # "format: YYYY-MM-DD[.suffix]" (spec)
 _JOB = re.compile(r"^/api/profile-bulk-import-jobs/([^/]+)/?$")
 _JOB_ERRORS = re.compile(r"^/api/profile-bulk-import-jobs/([^/]+)/import-errors/?$")
@@ -54,6 +68,7 @@ SCOPES = {
     "job": {"profiles:read", "lists:read"},
     "jobs": {"profiles:read", "lists:read"},
     "import-errors": {"profiles:read"},
+    "metrics": {"metrics:read"},
 }
 
 
@@ -120,6 +135,8 @@ class KlaviyoHandler(SandboxHandler):
             self._get_job(job_id, limit_headers)
         elif operation == "jobs":
             self._list_jobs(query, limit_headers)
+        elif operation == "metrics":
+            self._list_metrics(query, limit_headers)
         else:
             self._get_import_errors(job_id, query, limit_headers)
 
@@ -132,6 +149,8 @@ class KlaviyoHandler(SandboxHandler):
             return "import", ""
         if method == "GET" and stripped == "/api/profile-bulk-import-jobs":
             return "jobs", ""
+        if method == "GET" and stripped == "/api/metrics":
+            return "metrics", ""
         if method == "GET" and (match := _JOB_ERRORS.match(path)):
             return "import-errors", match[1]
         if method == "GET" and (match := _JOB.match(path)):
@@ -242,6 +261,16 @@ class KlaviyoHandler(SandboxHandler):
         base = f"{self.server.url}/api/profile-bulk-import-jobs/"
         self._reply(200, {"data": data, "links": _page_links(base, size, start, len(jobs))}, limit_headers)
 
+    def _list_metrics(self, query: dict[str, list[str]], limit_headers: dict[str, str]) -> None:
+        try:
+            body = self.server.metrics.page(query, self.server.url)
+        except QueryError as refused:
+            problem = invalid(refused.detail, "")
+            problem["source"] = {"parameter": refused.parameter}
+            self._fail(400, problem)
+            return
+        self._reply(200, body, limit_headers)
+
     def _paging(self, query: dict[str, list[str]]) -> tuple[int, int] | None:
         """(page size, offset) from `page[size]` (1-100, default 20) and `page[cursor]`; or replies 400."""
         size_text = (query.get("page[size]") or ["20"])[0]
@@ -337,6 +366,11 @@ class KlaviyoServer(SandboxServer):
     def profiles(self) -> dict[str, dict[str, Any]]:
         """The profiles Klaviyo holds, by profile key (email, else phone number, else external_id)."""
         return self.store.profiles
+
+    @property
+    def metrics(self) -> MetricBook:
+        """The account's metrics (API ones made by events, seeded native ones) and the flows they trigger."""
+        return self.store.metrics
 
     def count(self, method: str, path_prefix: str, status: int | None = None) -> int:
         """How many answered requests match the method, path prefix and (optionally) status."""

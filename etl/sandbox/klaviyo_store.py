@@ -10,9 +10,12 @@ Which invalid input fails what (the sandbox's reading of Klaviyo's documented be
 - a profile import is accepted (202 with a job id) and the profile is reported in the job's
   `import-errors` while the rest is imported: a phone number that is not a valid E.164 number (checked
   with `phonenumbers`), and a profile whose resource is over 100 KB.
-Events are deduplicated like Klaviyo does: the first event of a (profile, metric, unique_id) wins and
-later ones are accepted and ignored; without a unique_id the time (to the second) is the key. A profile
-is identified by its email (lower-cased), else its phone number, else its external_id.
+A profile import merges like Klaviyo's: top-level property keys merge into what the profile holds, a key's
+value (an object too) is replaced whole, null and absent keys change nothing, and the keys named in
+`meta.patch_properties.unset` are removed. Events are deduplicated like Klaviyo does: the first event of a
+(profile, metric, unique_id) wins and later ones are accepted and ignored; without a unique_id the time
+(to the second) is the key. A profile is identified by its email (lower-cased), else its phone number, else
+its external_id.
 Import jobs are applied when submitted and report `queued`, then `processing`, then `complete` as the
 injected clock passes `queued_seconds` and `processing_seconds`.
 """
@@ -30,6 +33,7 @@ from typing import Any
 
 import phonenumbers
 
+from etl.sandbox.klaviyo_metrics import MetricBook
 from etl.sandbox.klaviyo_schema import problems
 
 MAX_METRIC_NAME = 127  # "Must be less than 128 characters" (spec, MetricCreateQueryResourceObject.name)
@@ -170,6 +174,15 @@ def _event_problems(event: Mapping[str, Any], pointer: str, now: float) -> list[
     return found
 
 
+def _unset(resource: Mapping[str, Any]) -> list[str]:
+    """The property keys a profile resource removes: `meta.patch_properties.unset`, one key or a list (spec
+    ProfileMetaPatchProperties). They are removed from the stored properties before the new ones are set."""
+    patch = ((resource.get("meta") or {}).get("patch_properties") or {}).get("unset")
+    if patch is None:
+        return []
+    return [patch] if isinstance(patch, str) else list(patch)
+
+
 class KlaviyoStore:
     """Thread-safe state of the fake: deduped events, upserted profiles, import jobs."""
 
@@ -180,6 +193,7 @@ class KlaviyoStore:
         self._events: dict[tuple[str, str, str], StoredEvent] = {}
         self._profiles: dict[str, dict[str, Any]] = {}
         self._jobs: dict[str, ImportJob] = {}
+        self.metrics = MetricBook(clock)  # API metrics come into being with their first event
 
     # -- read-back ---------------------------------------------------------------------------------
     @property
@@ -246,6 +260,7 @@ class KlaviyoStore:
         with self.lock:
             for key, stored in accepted:
                 self._events.setdefault(key, stored)
+        self.metrics.record_events(dict.fromkeys(stored.metric for _, stored in accepted))
         return []
 
     def import_profiles(self, body: Any) -> tuple[ImportJob | None, list[dict[str, Any]]]:
@@ -269,7 +284,7 @@ class KlaviyoStore:
         if found:
             return None, found
         job_errors: list[dict[str, Any]] = []
-        upserts: list[tuple[str, Mapping[str, Any]]] = []
+        upserts: list[tuple[str, Mapping[str, Any], list[str]]] = []
         for index, resource in enumerate(resources):
             attributes = resource["attributes"]
             size = len(json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode())
@@ -285,16 +300,21 @@ class KlaviyoStore:
                     f"{_PROFILES}/{index}/attributes/phone_number",
                 )
             if problem is None:
-                upserts.append((profile_key(attributes) or "", attributes))
+                upserts.append((profile_key(attributes) or "", attributes, _unset(resource)))
                 continue
             problem.pop("status")
             problem["original_payload"] = dict(attributes)
             job_errors.append(problem)
         with self.lock:
-            for key, attributes in upserts:
+            for key, attributes, unset in upserts:
                 current = self._profiles.setdefault(key, {})
-                merged_properties = {**current.get("properties", {}), **attributes.get("properties", {})}
-                current.update(attributes)
+                kept = {k: v for k, v in current.get("properties", {}).items() if k not in unset}
+                # top-level property keys merge; a key's value (an object too) is replaced whole; bulk
+                # import "does not support setting fields to null to clear them" (Bulk Import Profiles guide)
+                given = attributes.get("properties") or {}
+                merged_properties = {**kept, **{k: v for k, v in given.items() if v is not None}}
+                current.update({k: v for k, v in attributes.items() if v is not None and k != "properties"})
+                current.pop("properties", None)
                 if merged_properties:
                     current["properties"] = merged_properties
             job = ImportJob(f"sbx{uuid.uuid4().hex[:23]}", self.clock(), len(resources), job_errors)
