@@ -3,19 +3,22 @@
 The JSON:API shape stops here (docs/design.md §6). `event_resource` and `profile_resource` build the payloads
 the outbox stores and dry-run prints; `KlaviyoClient.send_profiles` / `send_events` deliver outbox items and
 say, per outbox id, whether Klaviyo accepted it. Retries, pacing and 429s are `etl.http`'s one policy; a 400
-whose error pointers name items fails those items and the rest is resent; any other 4xx stops the delivery
-with a `KlaviyoError`, leaving the items pending. `KlaviyoClient.metrics` lists the account's metrics by
-integration, with the flows they trigger, for `etl check --online` (docs/design.md §4).
+whose error pointers name items fails those items and the rest is resent; a 400 naming no item (or a 413)
+is split until the items Klaviyo refuses are isolated (`_resend`); an error about a request parameter and
+any other 4xx stop the delivery with a `KlaviyoError`, leaving the items pending. `KlaviyoClient.metrics`
+lists the account's metrics by integration, with the flows they trigger, for `etl check --online`
+(docs/design.md §4).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from etl import logs
 from etl.errors import KlaviyoError
 from etl.http import DEFAULT_RETRY_BUDGET, ApiClient, HttpClient, Reply
 from etl.klaviyo_batches import (
@@ -23,14 +26,18 @@ from etl.klaviyo_batches import (
     ProfileBatch,
     cut_event_batches,
     cut_profile_batches,
-    without,
 )
 from etl.models import Event, OutboxItem, Profile, iso_z
+
+log = logs.get_logger("klaviyo")
 
 REVISION = "2026-07-15"  # the Klaviyo API revision this client is written against (spec info.version)
 JSON_API = "application/vnd.api+json"  # the only media type the /api/ endpoints accept (spec requestBody)
 EVENTS_PATH = "/api/event-bulk-create-jobs"
 IMPORT_JOBS_PATH = "/api/profile-bulk-import-jobs"
+# a rejection of the request body: a 400 (naming items or not) or a 413 (Klaviyo's size limit, which may be
+# stricter than ours); both are resolved by failing or isolating items, never by stopping the delivery
+REJECTED = (400, 413)
 IMPORT_ERRORS_PAGE_SIZE = 100  # max page[size] of GET …/import-errors (spec)
 METRICS_PATH = "/api/metrics"  # get_metrics: 200 a page, no page[size] (spec)
 API_CATEGORY = "API"  # integration.category of the metrics that events sent through the API land in
@@ -141,15 +148,61 @@ def _errors(body: Any) -> list[Mapping[str, Any]]:
     return [e for e in errors or [] if isinstance(e, Mapping)]
 
 
-def _named(errors: Iterable[Mapping[str, Any]], ids_at: Callable[[str], tuple[int, ...]]) -> dict[int, str]:
-    """Outbox id → error text for every error whose `source.pointer` names an item of the batch."""
+def _source(error: Mapping[str, Any]) -> Mapping[str, Any]:
+    source = error.get("source")
+    return source if isinstance(source, Mapping) else {}
+
+
+def _named(reply: Reply, path: str, ids_at: Callable[[str], tuple[int, ...]]) -> dict[int, str]:
+    """Outbox id → error text for every error of a rejection whose `source.pointer` names an item.
+
+    An error about a header or query parameter (`source.parameter`, e.g. the revision) is the request's own
+    fault, which no splitting cures: it stops the delivery with the items still pending.
+    """
+    errors = _errors(reply.body)
+    if any(_source(e).get("parameter") for e in errors):
+        raise KlaviyoError(
+            f"Klaviyo rejected POST {path} ({reply.status}): {_rejection_text(reply)}; "
+            "the request itself is at fault, not an item (the items stay pending)"
+        )
     named: dict[int, str] = {}
     for error in errors:
-        source = error.get("source") or {}
-        pointer = source.get("pointer") if isinstance(source, Mapping) else None
+        pointer = _source(error).get("pointer")
         for item_id in ids_at(str(pointer)) if pointer else ():
             named.setdefault(item_id, _error_text(error))
     return named
+
+
+def _rejection_text(reply: Reply) -> str:
+    """Klaviyo's text of a whole rejection, on one line."""
+    text = "; ".join(_error_text(e) for e in _errors(reply.body))
+    return text[:500] or f"HTTP {reply.status} without error details"
+
+
+def _resend(
+    reply: Reply,
+    item_ids: Sequence[int],
+    size: int,
+    named: Mapping[int, str],
+    by_id: Mapping[int, OutboxItem],
+    failed: dict[int, str],
+) -> list[list[OutboxItem]]:
+    """After a rejected request of `size` entries: what to send again, with `failed` told what not to.
+
+    A rejection that names items fails exactly those; the rest goes again. One that names none (a 400
+    pointing only at `/data`, at the list, or nowhere; a 413) is split in halves, each sent again, until
+    the entries Klaviyo refuses are alone: they fail with its text and everything else is delivered. One
+    poison item among n costs 2·log2(n) requests, and nothing is left pending to fail again next run.
+    """
+    failed.update(named)
+    rest = [by_id[i] for i in item_ids if i not in named]
+    if named:
+        return [rest] if rest else []
+    if size <= 1 or len(rest) <= 1:  # alone (duplicates of one entry share its fate)
+        failed.update(dict.fromkeys(item_ids, _rejection_text(reply)))
+        return []
+    middle = len(rest) // 2
+    return [rest[:middle], rest[middle:]]
 
 
 class KlaviyoClient(ApiClient):
@@ -253,77 +306,64 @@ class KlaviyoClient(ApiClient):
     def send_events(self, items: Sequence[OutboxItem]) -> Delivery:
         """Bulk-create the events of `items` (`event_resource` payloads) in the fewest requests possible."""
         batches, failed = cut_event_batches(items)
+        by_id = {item.id: item for item in items}
         sent: list[int] = []
         for batch in batches:
-            self._post_events(batch, items, sent, failed)
+            self._post_events(batch, by_id, sent, failed)
         return Delivery(tuple(sent), failed)
 
     def _post_events(
-        self, batch: EventBatch, items: Sequence[OutboxItem], sent: list[int], failed: dict[int, str]
+        self, batch: EventBatch, by_id: Mapping[int, OutboxItem], sent: list[int], failed: dict[int, str]
     ) -> None:
-        reply = self.http.request("POST", EVENTS_PATH, data=batch.body, accept=(400,))
-        if reply.status != 400:
+        reply = self.http.request("POST", EVENTS_PATH, data=batch.body, accept=REJECTED)
+        if reply.status not in REJECTED:
             sent.extend(batch.item_ids)
             return
-        named = self._rejected_items(reply, EVENTS_PATH, batch.ids_at)
+        named = _named(reply, EVENTS_PATH, batch.ids_at)
         for duplicate, original in batch.duplicates.items():
             if original in named:
                 named[duplicate] = named[original]
-        failed.update(named)
-        batch_ids = set(batch.item_ids)
-        rest = without((i for i in items if i.id in batch_ids), named)
-        # the rest of a batch that fitted fits again; rebuilding keeps pointers and duplicates right
-        for retry in cut_event_batches(rest)[0]:
-            self._post_events(retry, rest, sent, failed)
+        for part in _resend(reply, batch.item_ids, batch.event_count, named, by_id, failed):
+            # a part of a batch that fitted fits again; re-cutting keeps pointers and duplicates right
+            for retry in cut_event_batches(part)[0]:
+                self._post_events(retry, by_id, sent, failed)
 
     # -- profiles ---------------------------------------------------------------------------------
     def send_profiles(self, items: Sequence[OutboxItem]) -> Delivery:
         """Import the profiles of `items` (`profile_resource` payloads): submit every job, then await each."""
         batches, failed = cut_profile_batches(items)
+        by_id = {item.id: item for item in items}
         sent: list[int] = []
-        jobs = [(self._submit_profiles(batch, items, failed), self.clock()) for batch in batches]
-        for submitted, submitted_at in jobs:
-            if submitted is None:
-                continue
-            job_id, batch = submitted
+        jobs: list[tuple[str, ProfileBatch, float]] = []
+        for batch in batches:
+            self._submit_profiles(batch, by_id, jobs, failed)
+        for job_id, batch, submitted_at in jobs:
             job_failed = self._await_job(job_id, batch, submitted_at)
             failed.update(job_failed)
             sent.extend(i for i in batch.item_ids if i not in job_failed)
         return Delivery(tuple(sent), failed)
 
     def _submit_profiles(
-        self, batch: ProfileBatch, items: Sequence[OutboxItem], failed: dict[int, str]
-    ) -> tuple[str, ProfileBatch] | None:
-        """Submit one import job; on a 400 naming profiles, fail those and submit the rest (None if none)."""
-        while True:
-            reply = self.http.request("POST", IMPORT_JOBS_PATH, data=batch.body, accept=(400,))
-            if reply.status != 400:
-                job_id = (reply.body or {}).get("data", {}).get("id")
-                if not job_id:
-                    raise KlaviyoError(
-                        f"Klaviyo accepted POST {IMPORT_JOBS_PATH} without a job id; check the API revision"
-                    )
-                return str(job_id), batch
-            named = self._rejected_items(reply, IMPORT_JOBS_PATH, batch.ids_at)
-            failed.update(named)
-            batch_ids = set(batch.item_ids)
-            rest = without((i for i in items if i.id in batch_ids), named)
-            if not rest:
-                return None
-            batch = cut_profile_batches(rest)[0][0]  # a part of a batch that fitted fits in one
-
-    def _rejected_items(
-        self, reply: Reply, path: str, ids_at: Callable[[str], tuple[int, ...]]
-    ) -> dict[int, str]:
-        errors = _errors(reply.body)
-        named = _named(errors, ids_at)
-        if not named:
-            detail = "; ".join(_error_text(e) for e in errors)[:300] or "no error details"
-            raise KlaviyoError(
-                f"Klaviyo rejected POST {path} (400) without naming an item: {detail}; "
-                "this is a bug in etl, please report it"
-            )
-        return named
+        self,
+        batch: ProfileBatch,
+        by_id: Mapping[int, OutboxItem],
+        jobs: list[tuple[str, ProfileBatch, float]],
+        failed: dict[int, str],
+    ) -> None:
+        """Submit one import job (appended to `jobs`); a rejected one as the parts Klaviyo accepts."""
+        reply = self.http.request("POST", IMPORT_JOBS_PATH, data=batch.body, accept=REJECTED)
+        if reply.status not in REJECTED:
+            job_id = (reply.body or {}).get("data", {}).get("id")
+            if not job_id:
+                raise KlaviyoError(
+                    f"Klaviyo accepted POST {IMPORT_JOBS_PATH} without a job id; check the API revision"
+                )
+            jobs.append((str(job_id), batch, self.clock()))
+            return
+        named = _named(reply, IMPORT_JOBS_PATH, batch.ids_at)
+        for part in _resend(reply, batch.item_ids, len(batch.positions), named, by_id, failed):
+            for retry in cut_profile_batches(part)[0]:  # a part of a batch that fitted fits in one
+                self._submit_profiles(retry, by_id, jobs, failed)
 
     def _await_job(self, job_id: str, batch: ProfileBatch, checked_at: float) -> dict[int, str]:
         """Poll the import job until it is complete; outbox id → error for the profiles it rejected."""
@@ -352,24 +392,27 @@ class KlaviyoClient(ApiClient):
         return self._import_errors(job_id, batch)
 
     def _import_errors(self, job_id: str, batch: ProfileBatch) -> dict[int, str]:
+        """Outbox id → error for each import error, matched by its pointer when that names an entry, else by
+        the identifiers of its `original_payload`. Klaviyo may point only at `/data` (the spec's default
+        `source.pointer`) and name the profile through `original_payload` alone.
+        """
         failed: dict[int, str] = {}
-        unplaced: list[str] = []
         url: str | None = f"{IMPORT_JOBS_PATH}/{job_id}/import-errors"
         params: dict[str, Any] | None = {"page[size]": IMPORT_ERRORS_PAGE_SIZE}
         while url:
             body = self.http.request("GET", url, params=params).body
             for resource in body.get("data") or []:
                 error = resource.get("attributes") or {}
-                pointer = (error.get("source") or {}).get("pointer") or ""
-                ids = batch.ids_at(pointer)
+                pointer = _source(error).get("pointer") or ""
+                ids = batch.ids_at(str(pointer)) or batch.ids_of(error.get("original_payload"))
                 if ids:
                     failed.update(dict.fromkeys(ids, _error_text(error)))
-                else:
-                    unplaced.append(_error_text(error))
+                    continue
+                # it names no profile we sent: failing any would mark profiles Klaviyo imported as failed
+                log.warning(
+                    "Klaviyo reported an import error that names no profile of the job",
+                    extra={"fields": {"import_job": job_id, "error": _error_text(error)}},
+                )
             url = (body.get("links") or {}).get("next")
             params = None  # the next link carries the cursor and the page size
-        if unplaced:
-            # an error we cannot tie to a profile: fail the whole job so nothing rejected is marked sent
-            message = f"Klaviyo import job {job_id} reported errors naming no profile: {'; '.join(unplaced)}"
-            return dict.fromkeys(batch.item_ids, _one_line(message)[:500])
         return failed

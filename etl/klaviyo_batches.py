@@ -14,13 +14,14 @@ Two profiles with the same identifiers in one import job are merged the same way
 contact's newer state; profiles are full upserts) replaces the earlier one at the earlier position, and
 both outbox items share that position's fate. The earlier one's `meta.patch_properties.unset` keys that the
 later one does not set are kept, or a removal queued before would be lost with it.
+`import-errors` entry that names its profile only through `original_payload` finds its outbox items.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,23 @@ class EventBatch:
         return (group[index],) if index < len(group) else ()
 
 
+Identifiers = tuple[str | None, str | None, str | None]  # email (lower-cased), phone_number, external_id
+
+
+def identifiers(payload: Any) -> Identifiers:
+    """The identifiers of a profile resource, or of its bare attributes (how `original_payload` may echo it)."""
+    if not isinstance(payload, Mapping):
+        return (None, None, None)
+    attributes = payload.get("attributes")
+    values = attributes if isinstance(attributes, Mapping) else payload
+    email, phone, external = (values.get(k) for k in ("email", "phone_number", "external_id"))
+    return (
+        str(email).strip().lower() if email else None,  # Klaviyo keys profiles by the lower-cased email
+        str(phone).strip() if phone else None,
+        str(external).strip() if external else None,
+    )
+
+
 @dataclass(frozen=True)
 class ProfileBatch:
     """One `POST /api/profile-bulk-import-jobs` body and the outbox ids at each profile position."""
@@ -81,6 +99,7 @@ class ProfileBatch:
     body: bytes
     positions: tuple[tuple[int, ...], ...]  # per profile in the body: the outbox ids it settles
     item_ids: tuple[int, ...]  # every outbox id this batch settles, in input order
+    identities: tuple[Identifiers, ...] = ()  # per profile in the body: its identifiers
 
     def ids_at(self, pointer: str) -> tuple[int, ...]:
         """The outbox ids an error pointer names (`/data/attributes/profiles/data/{i}/...`)."""
@@ -88,6 +107,26 @@ class ProfileBatch:
         if match is None or int(match[1]) >= len(self.positions):
             return ()
         return self.positions[int(match[1])]
+
+    def ids_of(self, payload: Any) -> tuple[int, ...]:
+        """The outbox ids of the profile an import error's `original_payload` names.
+
+        By the strongest identifier it carries, as Klaviyo resolves profiles: email, else phone number,
+        else external_id; when several profiles share that one (same email, other phones), those that also
+        agree on the others. Nothing when it names no profile of this batch.
+        """
+        wanted = identifiers(payload)
+        for k, value in enumerate(wanted):
+            if value is None:
+                continue
+            same = [i for i, have in enumerate(self.identities) if have[k] == value]
+            closest = [
+                i
+                for i in same
+                if all(w in (None, h) for w, h in zip(wanted, self.identities[i], strict=True))
+            ]
+            return tuple(item for i in closest or same for item in self.positions[i])
+        return ()
 
 
 @dataclass
@@ -214,17 +253,19 @@ def cut_profile_batches(
     profiles: list[bytes] = []
     payloads: list[Mapping[str, Any]] = []
     positions: list[list[int]] = []
+    identities: list[Identifiers] = []
     ids: list[int] = []
     where: dict[tuple[Any, Any], int] = {}
     empty = len(_PROFILES_HEAD) + len(_BODY_TAIL)
     size = empty
 
     def flush() -> None:
-        nonlocal profiles, payloads, positions, ids, where, size
+        nonlocal profiles, payloads, positions, identities, ids, where, size
         if profiles:
             body = _PROFILES_HEAD + b",".join(profiles) + _BODY_TAIL
-            batches.append(ProfileBatch(body, tuple(tuple(p) for p in positions), tuple(ids)))
-        profiles, payloads, positions, ids, where, size = [], [], [], [], {}, empty
+            slots = tuple(tuple(p) for p in positions)
+            batches.append(ProfileBatch(body, slots, tuple(ids), tuple(identities)))
+        profiles, payloads, positions, identities, ids, where, size = [], [], [], [], [], {}, empty
 
     for item in items:
         key = _profile_key(item.payload)
@@ -243,6 +284,7 @@ def cut_profile_batches(
             profiles[index] = encoded  # the newer state of the same contact supersedes the older one
             payloads[index] = payload
             positions[index].append(item.id)
+            identities[index] = identifiers(item.payload)
             continue
         added = len(encoded) + (1 if profiles else 0)
         if len(profiles) >= max_profiles or size + added > max_bytes:
@@ -254,12 +296,7 @@ def cut_profile_batches(
         profiles.append(encoded)
         payloads.append(payload)
         positions.append([item.id])
+        identities.append(identifiers(item.payload))
         size += added
     flush()
     return batches, too_big
-
-
-def without(items: Iterable[OutboxItem], ids: Iterable[int]) -> list[OutboxItem]:
-    """`items` in order, less those whose id is in `ids`."""
-    drop = set(ids)
-    return [item for item in items if item.id not in drop]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -13,11 +14,14 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from etl.klaviyo import KlaviyoClient, event_resource, profile_resource
+from etl.klaviyo_batches import MAX_EVENTS_PER_REQUEST, MAX_PROFILES_PER_JOB, MAX_REQUEST_BYTES, encode
 from etl.models import Event, Identity, OutboxItem, Profile
 from etl.sandbox.klaviyo_server import SANDBOX_API_KEY, KlaviyoServer
 from etl.sandbox.klaviyo_store import KlaviyoSettings
 
 CONTRACTS = Path(__file__).with_name("contracts")
+EVENTS = "/api/event-bulk-create-jobs"
+IMPORTS = "/api/profile-bulk-import-jobs"
 START = 1_780_000_000.0  # 2026-05-28, a fixed fake "now"
 EVENT_TIME = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -139,3 +143,26 @@ def client_for(
         yield client
     finally:
         client.close()
+
+
+def fewest_event_requests(items: list[OutboxItem]) -> int:
+    """A lower bound on requests: the count limit, and the bytes of the events alone against the byte limit."""
+    sizes = [len(encode(i.payload["attributes"]["events"]["data"][0])) + 1 for i in items]
+    return max(math.ceil(len(items) / MAX_EVENTS_PER_REQUEST), math.ceil(sum(sizes) / MAX_REQUEST_BYTES))
+
+
+def fewest_import_jobs(items: list[OutboxItem]) -> int:
+    """A lower bound on import jobs: the count limit, and the bytes of the profiles against the byte limit."""
+    total = sum(len(encode(i.payload)) + 1 for i in items)
+    return max(math.ceil(len(items) / MAX_PROFILES_PER_JOB), math.ceil(total / MAX_REQUEST_BYTES))
+
+
+def assert_requests_match_the_spec(klaviyo: KlaviyoServer) -> None:
+    """Every POST the fake received is within the byte limit and valid against the spec's request schema."""
+    for received in klaviyo.received:
+        if received.method == "POST":
+            schema = (
+                "EventsBulkCreateJob" if received.path.startswith(EVENTS) else "ProfileImportJobCreateQuery"
+            )
+            assert len(received.body) <= MAX_REQUEST_BYTES
+            assert schema_errors("requests", schema, received.json()) == [], received.path

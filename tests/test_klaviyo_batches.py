@@ -181,6 +181,41 @@ def test_a_newer_profile_keeps_the_removals_of_the_older_it_replaces() -> None:
     assert "meta" not in json.loads(alone.body)["data"]["attributes"]["profiles"]["data"][0]
 
 
+def test_pointers_at_the_body_or_the_list_name_no_item() -> None:
+    """`/data`, the list attribute and the list itself point at no entry: such a 400 names no item."""
+    [events], _ = cut_event_batches([event_item(1), event_item(2)])
+    [profiles], _ = cut_profile_batches([profile_item(1), profile_item(2)])
+    for pointer in ("", "/", "/data", "/data/attributes/events-bulk-create", "/data/attributes/events-bulk-create/data",
+                    "/data/attributes/events-bulk-create/data/2"):  # fmt: skip
+        assert events.ids_at(pointer) == (), pointer
+    for pointer in ("/data", "/data/attributes/profiles", "/data/attributes/profiles/data", "/data/attributes/profiles/data/9"):  # fmt: skip
+        assert profiles.ids_at(pointer) == (), pointer
+    assert events.ids_at("/data/attributes/events-bulk-create/data/1") == (2,)
+
+
+def test_an_original_payload_names_its_profile_by_email_else_phone_else_external_id() -> None:
+    """Import errors echo the profile as sent: it is found by its email (any case), else its phone, else its
+    external_id, as attributes or as the whole resource; merged items share the match; a stranger is none."""
+    items = [
+        profile_item(1, email="Ada@X.io", phone="+442071838750"),
+        OutboxItem(
+            2, "demo", "profile", "u2", {"type": "profile", "attributes": {"phone_number": "+14155550123"}}
+        ),
+        OutboxItem(3, "demo", "profile", "u3", {"type": "profile", "attributes": {"external_id": "crm-7"}}),
+        profile_item(4, email="ada@x.io", phone="+442071838751"),
+        OutboxItem(
+            5, "demo", "profile", "u5", {"type": "profile", "attributes": {"phone_number": "+14155550123"}}
+        ),
+    ]
+    [batch], _ = cut_profile_batches(items)
+    assert batch.ids_of({"email": "ADA@x.io", "phone_number": "+442071838751"}) == (4,)  # narrowed by phone
+    assert batch.ids_of({"email": "ada@x.io"}) == (1, 4)  # one email, two positions: both
+    assert batch.ids_of({"type": "profile", "attributes": {"phone_number": "+14155550123"}}) == (2, 5)
+    assert batch.ids_of({"external_id": "crm-7", "first_name": "Grace"}) == (3,)
+    assert batch.ids_of({"email": "someone@else.io", "phone_number": "+14155550123"}) == ()  # email decides
+    assert batch.ids_of({"first_name": "Ada"}) == batch.ids_of(None) == batch.ids_of("x") == ()
+
+
 def test_default_limits_are_klaviyos() -> None:
     """The default cut respects Klaviyo's 1,000 events per request."""
     batches, _ = cut_event_batches([event_item(n) for n in range(2_001)])

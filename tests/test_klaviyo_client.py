@@ -2,48 +2,29 @@
 
 from __future__ import annotations
 
-import math
+from typing import Literal
 
 import pytest
 
 from etl.errors import KlaviyoError
-from etl.klaviyo import Delivery
-from etl.klaviyo_batches import (
-    MAX_EVENTS_PER_REQUEST,
-    MAX_PROFILES_PER_JOB,
-    MAX_REQUEST_BYTES,
-    encode,
-)
+from etl.klaviyo import Delivery, KlaviyoClient
+from etl.klaviyo_batches import cut_profile_batches
 from etl.models import OutboxItem
-from etl.sandbox.klaviyo_server import KlaviyoServer
+from etl.sandbox.klaviyo_server import SANDBOX_API_KEY
 from etl.sandbox.klaviyo_store import KlaviyoSettings
 from etl.sandbox.server import Faults
-from tests.klaviyo_fixtures import FakeClock, client_for, event_item, profile_item, sandbox, schema_errors
-
-EVENTS = "/api/event-bulk-create-jobs"
-IMPORTS = "/api/profile-bulk-import-jobs"
-
-
-def fewest_event_requests(items: list[OutboxItem]) -> int:
-    """A lower bound on requests: the count limit, and the bytes of the events alone against the byte limit."""
-    sizes = [len(encode(i.payload["attributes"]["events"]["data"][0])) + 1 for i in items]
-    return max(math.ceil(len(items) / MAX_EVENTS_PER_REQUEST), math.ceil(sum(sizes) / MAX_REQUEST_BYTES))
-
-
-def fewest_import_jobs(items: list[OutboxItem]) -> int:
-    """A lower bound on import jobs: the count limit, and the bytes of the profiles against the byte limit."""
-    total = sum(len(encode(i.payload)) + 1 for i in items)
-    return max(math.ceil(len(items) / MAX_PROFILES_PER_JOB), math.ceil(total / MAX_REQUEST_BYTES))
-
-
-def assert_requests_match_the_spec(klaviyo: KlaviyoServer) -> None:
-    for received in klaviyo.received:
-        if received.method == "POST":
-            schema = (
-                "EventsBulkCreateJob" if received.path.startswith(EVENTS) else "ProfileImportJobCreateQuery"
-            )
-            assert len(received.body) <= MAX_REQUEST_BYTES
-            assert schema_errors("requests", schema, received.json()) == [], received.path
+from tests.klaviyo_fixtures import (
+    EVENTS,
+    IMPORTS,
+    FakeClock,
+    assert_requests_match_the_spec,
+    client_for,
+    event_item,
+    fewest_event_requests,
+    fewest_import_jobs,
+    profile_item,
+    sandbox,
+)
 
 
 @pytest.mark.slow
@@ -86,13 +67,21 @@ def test_big_events_are_cut_by_bytes_into_the_fewest_requests() -> None:
     assert len(delivery.sent) == 700
 
 
-def test_invalid_profiles_are_reported_with_klaviyos_error_and_the_rest_delivered() -> None:
-    """An invalid email (400 for the request) and a bad phone (import error) fail those items only."""
+@pytest.mark.parametrize(
+    ("import_errors", "pointer"),
+    [("data", "/data"), ("item", "/data/attributes/profiles/data/3/attributes/phone_number")],
+)
+def test_invalid_profiles_are_reported_with_klaviyos_error_and_the_rest_delivered(
+    import_errors: Literal["data", "item"], pointer: str
+) -> None:
+    """An invalid email (400 for the request) and a bad phone (import error) fail those items only, whether
+    the import error points only at `/data` (matched by its `original_payload`) or at the entry."""
     clock = FakeClock()
     items = [profile_item(n, phone="+442071838750") for n in range(6)]
     items[1] = profile_item(1, email="not-an-email")
     items[4] = profile_item(4, phone="+1555")
-    with sandbox(clock) as klaviyo, client_for(klaviyo, clock) as client:
+    settings = KlaviyoSettings(import_errors=import_errors)
+    with sandbox(clock, settings) as klaviyo, client_for(klaviyo, clock) as client:
         delivery = client.send_profiles(items)
         assert sorted(klaviyo.profiles) == [f"user{n}@example.com" for n in (0, 2, 3, 5)]
         assert klaviyo.count("POST", IMPORTS, status=400) == 1
@@ -100,7 +89,7 @@ def test_invalid_profiles_are_reported_with_klaviyos_error_and_the_rest_delivere
     assert sorted(delivery.sent) == [0, 2, 3, 5]
     assert delivery.failed == {
         1: "invalid: Invalid email address: 'not-an-email'. (/data/attributes/profiles/data/1/attributes/email)",
-        4: "invalid: Invalid phone number format: '+1555'. (/data/attributes/profiles/data/3/attributes/phone_number)",
+        4: f"invalid: Invalid phone number format: '+1555'. ({pointer})",
     }
 
 
@@ -251,15 +240,56 @@ def test_import_errors_over_several_pages_are_all_read() -> None:
     assert sorted(delivery.sent) == [n for n in range(200) if not n % 4]
 
 
-def test_a_400_that_names_no_item_stops_delivery_without_retrying() -> None:
-    """A request-level 400 (here: a tighter event limit) raises KlaviyoError with Klaviyo's detail, once."""
+def test_a_400_for_the_whole_request_is_split_until_every_event_is_delivered() -> None:
+    """A 400 naming only the list (here: an account limit of 10 events, tighter than ours) names no item:
+    the request is split in halves, each half is accepted, nothing fails."""
     clock = FakeClock()
     with sandbox(clock, KlaviyoSettings(max_events=10)) as klaviyo, client_for(klaviyo, clock) as client:
-        with pytest.raises(KlaviyoError) as raised:
-            client.send_events([event_item(n) for n in range(11)])
+        delivery = client.send_events([event_item(n) for n in range(11)])
+        assert [(r.status, len(r.json()["data"]["attributes"]["events-bulk-create"]["data"]))
+                for r in klaviyo.received] == [(400, 11), (202, 5), (202, 6)]  # fmt: skip
+        assert len(klaviyo.events) == 11
+    assert delivery == Delivery(sent=tuple(range(11)), failed={})
+
+
+def test_a_413_is_split_until_every_profile_fits() -> None:
+    """A 413 (an account byte limit tighter than ours) names no item: halves are submitted as two jobs."""
+    clock = FakeClock()
+    items = [profile_item(n, padding=400) for n in range(8)]
+    limit = len(client_body_of(items)) - 1
+    with (
+        sandbox(clock, KlaviyoSettings(max_request_bytes=limit)) as klaviyo,
+        client_for(klaviyo, clock) as client,
+    ):
+        delivery = client.send_profiles(items)
+        assert [(r.method, r.status) for r in klaviyo.received if r.method == "POST"] == [
+            ("POST", 413), ("POST", 202), ("POST", 202)
+        ]  # fmt: skip
+        assert len(klaviyo.profiles) == 8
+    assert (sorted(delivery.sent), delivery.failed) == (list(range(8)), {})
+
+
+def client_body_of(items: list[OutboxItem]) -> bytes:
+    """The one request body the client cuts for these profiles."""
+    (batch,), _ = cut_profile_batches(items)
+    return batch.body
+
+
+def test_a_400_about_a_request_parameter_stops_delivery_and_fails_nothing() -> None:
+    """A 400 about a header (a malformed revision) is the request's fault, not an item's: no splitting, exit
+    4, one request, the items stay pending (nothing sent, nothing failed)."""
+    clock = FakeClock()
+    with sandbox(clock) as klaviyo:
+        client = KlaviyoClient(
+            klaviyo.url, SANDBOX_API_KEY, api_key_env="KLAVIYO_API_KEY", revision="2026-7-15",
+            sleep=clock.sleep, clock=clock,
+        )  # fmt: skip
+        with client, pytest.raises(KlaviyoError) as raised:
+            client.send_events([event_item(n) for n in range(4)])
         assert klaviyo.count("POST", EVENTS) == 1
+    assert raised.value.exit_code == 4
     assert str(raised.value) == (
-        "Klaviyo rejected POST /api/event-bulk-create-jobs (400) without naming an item: invalid: A maximum of "
-        "10 events is allowed per request. (/data/attributes/events-bulk-create/data); "
-        "this is a bug in etl, please report it"
+        "Klaviyo rejected POST /api/event-bulk-create-jobs (400): invalid: Missing or invalid required header "
+        "'revision'; send a revision such as 2026-07-15.; the request itself is at fault, not an item "
+        "(the items stay pending)"
     )

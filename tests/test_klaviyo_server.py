@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import requests
@@ -233,10 +233,32 @@ def test_an_invalid_email_fails_the_whole_import_naming_each(
     assert klaviyo.profiles == {}
 
 
+@pytest.mark.parametrize(
+    ("import_errors", "pointers", "payloads"),
+    [
+        ("data", ["/data"] * 3, ["user1@example.com", "user3@example.com", "user5@example.com"]),
+        (
+            "item",
+            [
+                "/data/attributes/profiles/data/1/attributes/phone_number",
+                "/data/attributes/profiles/data/3/attributes/phone_number",
+                "/data/attributes/profiles/data/5",
+            ],
+            ["user1@example.com", "user3@example.com", "user5@example.com"],
+        ),
+        ("none", ["/data"] * 3, [None] * 3),
+    ],
+)
 def test_bad_phones_and_oversize_profiles_are_import_errors_paged_by_cursor(
-    klaviyo: KlaviyoServer, clock: FakeClock, http: requests.Session
+    clock: FakeClock,
+    http: requests.Session,
+    import_errors: Literal["data", "item", "none"],
+    pointers: list[str],
+    payloads: list[str | None],
 ) -> None:
-    """Invalid phone numbers and >100 KB profiles go to import-errors (paged by cursor); the rest is imported."""
+    """Invalid phone numbers and >100 KB profiles go to import-errors (paged by cursor, valid against the
+    spec); the rest is imported. By default an error points only at `/data` and names its profile through
+    `original_payload`; switches give pointers into the entries, or no payload at all."""
     items = [profile_item(n, phone="+1555" if n % 2 else "+442071838750") for n in range(5)]
     items.append(profile_item(5, padding=100_001))
     body = {
@@ -245,21 +267,66 @@ def test_bad_phones_and_oversize_profiles_are_import_errors_paged_by_cursor(
             "attributes": {"profiles": {"data": [i.payload for i in items]}},
         }
     }
-    job_id = post(http, klaviyo, IMPORTS, body).json()["data"]["id"]
-    clock.sleep(2)
-    url: str | None = f"{klaviyo.url}{IMPORTS}/{job_id}/import-errors?page[size]=2"
-    pointers = []
-    while url:
-        page = http.get(url, headers=HEADERS, timeout=10).json()
-        assert schema_errors("responses", "GetImportErrorResponseCollection", page) == []
-        pointers += [e["attributes"]["source"]["pointer"] for e in page["data"]]
-        url = page["links"].get("next")
-    assert pointers == [
-        "/data/attributes/profiles/data/1/attributes/phone_number",
-        "/data/attributes/profiles/data/3/attributes/phone_number",
-        "/data/attributes/profiles/data/5",
+    settings = KlaviyoSettings(import_errors=import_errors)
+    with sandbox(clock, settings) as klaviyo:
+        job_id = post(http, klaviyo, IMPORTS, body).json()["data"]["id"]
+        clock.sleep(2)
+        url: str | None = f"{klaviyo.url}{IMPORTS}/{job_id}/import-errors?page[size]=2"
+        errors = []
+        while url:
+            page = http.get(url, headers=HEADERS, timeout=10).json()
+            assert schema_errors("responses", "GetImportErrorResponseCollection", page) == []
+            errors += [e["attributes"] for e in page["data"]]
+            url = page["links"].get("next")
+        assert sorted(klaviyo.profiles) == ["user0@example.com", "user2@example.com", "user4@example.com"]
+    assert [e["source"]["pointer"] for e in errors] == pointers
+    assert [(e["original_payload"] or {}).get("email") for e in errors] == payloads
+    assert errors[0]["detail"] == "Invalid phone number format: '+1555'."
+
+
+def test_a_poison_event_fails_its_whole_request_with_a_400_naming_no_item(
+    clock: FakeClock, http: requests.Session
+) -> None:
+    """A request carrying a poisoned unique_id gets a spec-shaped 400 whose one error points only at the
+    list attribute; nothing of it is stored. Without the poison the same request is accepted."""
+    items = [event_item(n) for n in range(3)]
+    with sandbox(clock, KlaviyoSettings(poison_events=frozenset({items[1].unique_id}))) as klaviyo:
+        rejected = post(http, klaviyo, EVENTS, events_body(*items))
+        accepted = post(http, klaviyo, EVENTS, events_body(items[0], items[2]))
+        assert len(klaviyo.events) == 2
+    assert (rejected.status_code, accepted.status_code) == (400, 202)
+    assert schema_errors("responses", "ClientError", rejected.json()) == []
+    [problem] = rejected.json()["errors"]
+    assert {k: problem[k] for k in ("status", "code", "title", "detail", "source")} == {
+        "status": 400,
+        "code": "invalid",
+        "title": "Invalid input.",
+        "detail": "The payload provided in the request is invalid.",
+        "source": {"pointer": "/data/attributes/events-bulk-create"},
+    }
+
+
+def test_a_poison_profile_fails_its_import_job_submission_with_a_400_naming_no_item(
+    clock: FakeClock, http: requests.Session
+) -> None:
+    """A profile whose email (or phone) is poisoned makes the submission a 400 pointing at `/data`; no job."""
+    items = [
+        profile_item(1),
+        profile_item(2, email="Poison@Example.com"),
+        profile_item(3, phone="+442071838750"),
     ]
-    assert sorted(klaviyo.profiles) == ["user0@example.com", "user2@example.com", "user4@example.com"]
+    settings = KlaviyoSettings(poison_profiles=frozenset({"poison@example.com", "+442071838750"}))
+    with sandbox(clock, settings) as klaviyo:
+        replies = [
+            post(http, klaviyo, IMPORTS, json.loads(cut_profile_batches(part)[0][0].body))
+            for part in (items, items[1:2], items[2:], items[:1])
+        ]
+        assert len(klaviyo.store.jobs()) == 1
+    assert [r.status_code for r in replies] == [400, 400, 400, 202]
+    assert schema_errors("responses", "ClientError", replies[0].json()) == []
+    assert [(e["detail"], e["source"]) for e in replies[0].json()["errors"]] == [
+        ("The payload provided in the request is invalid.", {"pointer": "/data"})
+    ]
 
 
 def test_a_fault_storm_answers_429_with_retry_after(clock: FakeClock, http: requests.Session) -> None:

@@ -9,7 +9,13 @@ Which invalid input fails what (the sandbox's reading of Klaviyo's documented be
   imports, a profile without an identifier and an invalid email address;
 - a profile import is accepted (202 with a job id) and the profile is reported in the job's
   `import-errors` while the rest is imported: a phone number that is not a valid E.164 number (checked
-  with `phonenumbers`), and a profile whose resource is over 100 KB.
+  with `phonenumbers`), and a profile whose resource is over 100 KB. As in the field, such an error points
+  only at `/data` (the spec's default `source.pointer`) and names the profile through `original_payload`
+  (its attributes as sent); `settings.import_errors` switches to pointers that name the entry, or to
+  errors that name no profile at all (`original_payload` null, which the spec allows);
+- poison items (`settings.poison_events`: unique_ids; `settings.poison_profiles`: emails, phone numbers
+  or external_ids): a request that carries one fails with a 400 whose only error names no item, as
+  Klaviyo's do for input it refuses without saying where; the same item alone fails the same way.
 A profile import merges like Klaviyo's: top-level property keys merge into what the profile holds, a key's
 value (an object too) is replaced whole, null and absent keys change nothing, and the keys named in
 `meta.patch_properties.unset` are removed. Events are deduplicated like Klaviyo does: the first event of a
@@ -29,7 +35,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import phonenumbers
 
@@ -60,6 +66,13 @@ class KlaviyoSettings:
     queued_seconds: float = 0.5  # an import job reads `queued` this long after submission
     processing_seconds: float = 1.0  # ... then `processing` this long, then `complete`
     storm_retry_after: int = 1  # Retry-After of the 429s that `faults.storm_requests` injects
+    # how `import-errors` name their profile: "data" (pointer `/data`, the profile in `original_payload`: the
+    # spec's default and example pointer, and what connectors in the field match on, e.g. RudderStack's
+    # Klaviyo bulk upload reads only `original_payload`), "item" (a pointer into the request's entries),
+    # "none" (`/data` and a null `original_payload`, which the spec allows)
+    import_errors: Literal["data", "item", "none"] = "data"
+    poison_events: frozenset[str] = frozenset()  # unique_ids whose request fails with a 400 naming no item
+    poison_profiles: frozenset[str] = frozenset()  # emails / phone numbers / external_ids, likewise
 
 
 @dataclass(frozen=True)
@@ -105,11 +118,21 @@ def invalid(detail: str, pointer: str) -> dict[str, Any]:
     return error(400, "invalid", "Invalid input.", detail, pointer)
 
 
+# the spec's example of an error that says what but not where (ImportErrorResponseObjectResource.detail)
+POISON_DETAIL = "The payload provided in the request is invalid."
+
+
 def profile_key(attributes: Mapping[str, Any]) -> str | None:
     email = attributes.get("email")
     if email:
         return str(email).strip().lower()
     return attributes.get("phone_number") or attributes.get("external_id") or attributes.get("id")
+
+
+def _identifiers(attributes: Mapping[str, Any]) -> set[str]:
+    email = attributes.get("email")
+    found = {str(attributes[k]) for k in ("phone_number", "external_id") if attributes.get(k)}
+    return found | ({str(email).strip().lower()} if email else set())
 
 
 def _valid_phone(number: str) -> bool:
@@ -230,6 +253,7 @@ class KlaviyoStore:
         now = self.clock()
         accepted: list[tuple[tuple[str, str, str], StoredEvent]] = []
         keys: set[tuple[str, str, str]] = set()
+        poisoned = False
         for g, group in enumerate(groups):
             profile = group["attributes"]["profile"]["data"]["attributes"]
             pointer = f"{_EVENTS}/{g}/attributes/profile/data/attributes"
@@ -250,6 +274,7 @@ class KlaviyoStore:
                         )
                     )
                 keys.add(key)
+                poisoned = poisoned or attributes.get("unique_id") in self.settings.poison_events
                 backfill = attributes.get("backfill")
                 if backfill is None:
                     backfill = bool(group["attributes"].get("backfill"))
@@ -257,6 +282,8 @@ class KlaviyoStore:
                 accepted.append((key, stored))
         if found:
             return found
+        if poisoned:
+            return [invalid(POISON_DETAIL, "/data/attributes/events-bulk-create")]
         with self.lock:
             for key, stored in accepted:
                 self._events.setdefault(key, stored)
@@ -283,6 +310,9 @@ class KlaviyoStore:
             )
         if found:
             return None, found
+        poison = self.settings.poison_profiles
+        if any(_identifiers(resource["attributes"]) & poison for resource in resources):
+            return None, [invalid(POISON_DETAIL, "/data")]
         job_errors: list[dict[str, Any]] = []
         upserts: list[tuple[str, Mapping[str, Any], list[str]]] = []
         for index, resource in enumerate(resources):
@@ -304,6 +334,10 @@ class KlaviyoStore:
                 continue
             problem.pop("status")
             problem["original_payload"] = dict(attributes)
+            if self.settings.import_errors != "item":
+                problem["source"] = {"pointer": "/data"}
+            if self.settings.import_errors == "none":
+                problem["original_payload"] = None
             job_errors.append(problem)
         with self.lock:
             for key, attributes, unset in upserts:
