@@ -1,15 +1,20 @@
-"""deploy/ stays true: the Kubernetes examples to the CLI, jobs.yaml, Kubernetes' schemas and the image; the
-image to the package version and its locked dependencies."""
+"""deploy/ and the README's cron section stay true: the Kubernetes examples to the CLI, jobs.yaml, Kubernetes'
+schemas and the image; the image to the package version and its locked dependencies; the crontab lines to
+what they do when cron runs them."""
 
 from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 import re
 import shlex
 import subprocess
+import sys
+import textwrap
 import tomllib
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import distribution
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,8 @@ from packaging.utils import canonicalize_name
 
 from etl.cli import cli
 from etl.config import parse_settings
+from etl.state import StateStore
+from tests.run_fixtures import IC_TOKEN, KL_KEY, START_DATE, Sandboxes, sandboxes
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -81,7 +88,6 @@ def test_container_args_are_valid_commands(name: str) -> None:
 
 def test_backfill_slices_are_contiguous_months() -> None:
     """The Indexed Job's shell computes [since, until) slices that tile the year without gaps."""
-
     (job,) = documents("backfill-indexed-job.yaml")
     assert job["spec"]["completionMode"] == "Indexed"
     script = containers(job)[0]["args"][0].replace("exec etl", "echo")
@@ -240,3 +246,163 @@ def test_the_dockerfile_installs_the_lock_without_resolving_anything() -> None:
         "pip install --no-deps .",
     ]
     assert "COPY deploy/requirements.lock ./" in DOCKERFILE.read_text(encoding="utf-8")
+
+
+# -- the README's cron section ---------------------------------------------------------------------------
+JOB = "intercom_to_klaviyo"
+ROOTED = ("/etc/etl/", "/opt/etl/", "/var/lib/etl/")  # the section's absolute paths, moved under tmp_path
+FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```$", re.MULTILINE | re.DOTALL)
+
+
+def cron_blocks() -> list[tuple[str, str]]:
+    """(language, text) of each fenced block of README's "Running from cron" section."""
+    readme = README.read_text(encoding="utf-8")
+    section = readme.split("### Running from cron\n", 1)[1].split("\n### ", 1)[0]
+    return [(lang, textwrap.dedent(body)) for _, lang, body in FENCE.findall(section)]
+
+
+def crontab_lines() -> tuple[dict[str, str], list[str]]:
+    """The crontab blocks' environment settings and commands (what follows the five schedule fields)."""
+    environment, commands = {}, []
+    for lang, body in cron_blocks():
+        for line in body.splitlines() if lang == "crontab" else []:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if re.match(r"^[A-Z_]+=", line):
+                key, value = line.split("=", 1)
+                environment[key] = value
+                continue
+            *schedule, command = line.split(None, 5)
+            assert schedule == ["*/5", "*", "*", "*", "*"], line
+            assert "%" not in command, "cron turns % into a newline"
+            commands.append(command)
+    return environment, commands
+
+
+class CronHost:
+    """The section's files under tmp_path (README paths moved there), and commands run as cron would: by
+    `sh -c` with cron's minimal environment (no tokens), from the home directory, stdout and stderr together
+    being what cron mails."""
+
+    def __init__(self, tmp_path: Path, boxes: Sandboxes) -> None:
+        self.tmp, self.home = tmp_path, tmp_path / "home"
+        self.home.mkdir()
+        self.database_url = f"sqlite:///{self.rooted('/var/lib/etl/state.db')}"
+        Path(self.rooted("/var/lib/etl/")).mkdir(parents=True)
+        # jobs.yaml names no token variable: the defaults are the env file's names
+        self.write(
+            "/etc/etl/jobs.yaml",
+            f"database_url: {self.database_url}\njobs:\n  {JOB}:\n"
+            f"    intercom: {{base_url: '{boxes.intercom.url}', per_page: 10}}\n"
+            f"    klaviyo: {{base_url: '{boxes.klaviyo.url}'}}\n"
+            f"    start_date: {START_DATE.isoformat()}\n",
+        )
+        # stands in for the console script pip installs into /opt/etl/bin
+        self.write(
+            "/opt/etl/bin/etl", f"#!/bin/sh\nPYTHONPATH='{ROOT}' exec '{sys.executable}' -m etl \"$@\"\n"
+        )
+        # the section's files, each named by its first comment line; the env file's "…" become the secrets
+        secrets = {"INTERCOM_ACCESS_TOKEN": IC_TOKEN, "KLAVIYO_API_KEY": KL_KEY}
+        files = {}
+        for lang, body in cron_blocks():
+            named = re.match(r"^(?:#!/bin/sh\n)?# (/\S+?):?\s", body)
+            if lang == "sh" and named:
+                files[named.group(1)] = body
+        assert sorted(files) == ["/etc/etl/env", "/opt/etl/bin/etl-cron"]
+        assert re.findall(r"^(\w+)=\w*…$", files["/etc/etl/env"], re.MULTILINE) == list(secrets)
+        files["/etc/etl/env"] = re.sub(
+            r"^(\w+)=\w*…$", lambda m: f"{m[1]}={secrets[m[1]]}", files["/etc/etl/env"], flags=re.MULTILINE
+        )
+        for path, body in files.items():
+            self.write(path, self.rooted(body))
+        os.chmod(self.rooted("/etc/etl/env"), 0o600)
+
+    def rooted(self, text: str) -> str:
+        for prefix in ROOTED:
+            text = text.replace(prefix, f"{self.tmp}{prefix}")
+        return text
+
+    def write(self, path: str, text: str) -> None:
+        target = Path(self.rooted(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        if text.startswith("#!"):
+            target.chmod(0o755)
+
+    def run(self, command: str) -> tuple[int, str]:
+        """(exit code, mail) of one crontab command."""
+        environ = {"HOME": str(self.home), "LOGNAME": "etl", "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh"}
+        done = subprocess.run(
+            ["/bin/sh", "-c", self.rooted(command)],
+            env=environ,
+            cwd=self.home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
+        )
+        return done.returncode, done.stdout
+
+
+def test_readme_crontab_runs_quietly_from_home_with_the_tokens_of_the_env_file(tmp_path: Path) -> None:
+    """Both crontab lines of the README, run as cron runs them, deliver to Klaviyo and print nothing (no mail)."""
+    environment, commands = crontab_lines()
+    assert environment == {"MAILTO": "ops@example.com"}
+    assert len(commands) == 2 and all(f"--config /etc/etl/jobs.yaml -q run {JOB}" in c for c in commands)
+    with sandboxes() as boxes:
+        host = CronHost(tmp_path, boxes)
+        assert host.run(commands[0]) == (0, "")
+        assert len(boxes.klaviyo.events) > 0 and len(boxes.klaviyo.profiles) > 0
+        assert host.run(commands[1]) == (0, "")
+    store = StateStore(host.database_url)
+    try:
+        assert [(run.mode, run.status) for run in store.runs(JOB, 5)] == [("incremental", "succeeded")] * 2
+    finally:
+        store.close()
+    assert sorted(p.name for p in host.home.iterdir()) == []  # nothing lands in cron's working directory
+
+
+def test_readme_crontab_while_another_run_holds_the_lease(tmp_path: Path) -> None:
+    """No flock needed: the plain line exits 75 at once with one line (mailed); the wrapper line mails nothing."""
+    _, (plain, wrapped) = crontab_lines()
+    with sandboxes() as boxes:
+        host = CronHost(tmp_path, boxes)
+        store = StateStore(host.database_url)
+        try:
+            store.upgrade()
+            store.acquire_lock(JOB, "other-host:4711", timedelta(minutes=10), datetime.now(UTC))
+            _, expires = store.lock_holder(JOB) or ("", datetime.now(UTC))
+            assert host.run(plain) == (
+                75,
+                f"etl: error: job {JOB}: job '{JOB}' is already running (lease held by other-host:4711 until "
+                f"{expires.isoformat()}); try again later\n",
+            )
+            assert host.run(wrapped) == (75, "")
+            assert boxes.intercom.server.requests == [] and store.runs(JOB, 5) == []
+        finally:
+            store.close()
+
+
+def test_readme_crontab_mails_a_rejection_with_its_summary(tmp_path: Path) -> None:
+    """Items Klaviyo rejected (exit 6) are trouble: through the wrapper too, the mail holds the run's summary
+    table and the line saying where to look."""
+    _, (_, wrapped) = crontab_lines()
+    with sandboxes(max_profile_bytes=4_000) as boxes:
+        contact = next(c for c in boxes.workspace.contacts.values() if "@" in (c.get("email") or ""))
+        contact["custom_attributes"]["notes"] = "n" * 5_000  # fits our 100 KB check, not this account's 4 KB
+        host = CronHost(tmp_path, boxes)
+        code, mail = host.run(wrapped)
+    assert code == 6
+    lines = mail.splitlines()
+    warning = json.loads(lines[0])  # logs are JSON lines off a terminal
+    assert (warning["level"], warning["message"], warning["rejected"]) == (
+        "warning",
+        "Klaviyo rejected items",
+        1,
+    )
+    assert lines[1] == f"job {JOB} (incremental)"
+    assert (
+        lines[-1]
+        == f"etl: error: job {JOB}: Klaviyo rejected 1 item(s); see `etl outbox {JOB} --status failed`"
+    )
+    assert IC_TOKEN not in mail and KL_KEY not in mail
