@@ -148,7 +148,7 @@ def run(obj: Cli, jobs: tuple[str, ...], **flags: Any) -> None:
     # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so the run is recorded and its lease released
     signal.signal(signal.SIGTERM, _interrupt)
     options = _run_options(**flags)  # the options above, by name
-    code = run_jobs(obj.settings(), list(jobs), options)
+    code = run_jobs(obj.settings(), list(jobs), options, quiet=obj.verbosity < 0)
     sys.exit(code)
 
 

@@ -65,11 +65,18 @@ def build_services(
 
 
 def run_jobs(
-    settings: Settings, names: list[str], options: RunOptions, *, stderr: TextIO | None = None
+    settings: Settings,
+    names: list[str],
+    options: RunOptions,
+    *,
+    stderr: TextIO | None = None,
+    quiet: bool = False,
 ) -> int:
     """Run the named jobs (all when none) in order; one job's failure does not stop the others.
 
-    Returns the worst exit code. Each failure is printed as one line `etl: error: job X: …`.
+    Returns the worst exit code. Each failure is printed as one line `etl: error: job X: …`. `quiet` (`-q`)
+    leaves out the summary table of a job that succeeded, so cron, which mails whatever a job prints, mails
+    only trouble (docs/design.md §3.1).
     """
     stderr = stderr or sys.stderr
     jobs = settings.select(names)
@@ -87,7 +94,7 @@ def run_jobs(
     try:
         with sink_cm as sink:
             for job in jobs:
-                results.append(_run_one(job, store, options, sink, stderr))
+                results.append(_run_one(job, store, options, sink, stderr, quiet))
     finally:
         if store is not None:
             if options.metrics_file and not options.dry_run:
@@ -103,7 +110,7 @@ def run_jobs(
 
 
 def _run_one(
-    job: JobSettings, store: StateStore | None, options: RunOptions, sink: TextIO, stderr: TextIO
+    job: JobSettings, store: StateStore | None, options: RunOptions, sink: TextIO, stderr: TextIO, quiet: bool
 ) -> tuple[RunReport, int]:
     """One job for run_jobs: its report and exit code; every failure is one line on stderr, never a raise."""
     services: Services | None = None
@@ -115,7 +122,8 @@ def _run_one(
             job, options, services, sink=sink, progress=Progress(enabled=stderr.isatty(), stream=stderr)
         )
         report = job_run.execute()
-        stderr.write(summary_table(report) + "\n")
+        if job_run.rejected or not quiet:  # quiet: rejected items still come with their run's summary
+            stderr.write(summary_table(report) + "\n")
         if job_run.rejected:
             rejected = ItemsRejected(
                 f"Klaviyo rejected {job_run.rejected} item(s); see `etl outbox {job.name} --status failed`"
