@@ -1,7 +1,8 @@
 """Delivery: a job's pending outbox to Klaviyo in bounded chunks, profiles first (docs/design.md §6, §7).
 
 An item is marked sent only after Klaviyo accepted it, and failed with Klaviyo's own words when rejected;
-whatever a crash leaves pending goes out with the next run (Klaviyo deduplicates by unique_id).
+whatever a crash leaves pending goes out with the next run (Klaviyo deduplicates by unique_id). Items are
+sent under the job's names as configured now (docs/design.md §3.3): the outbox keeps the default ones.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from etl import logs
-from etl.klaviyo import KlaviyoClient
+from etl.klaviyo import DEFAULT_NAMES, KlaviyoClient, Names
 from etl.models import RunReport
 from etl.state import StateStore
 
@@ -31,8 +32,10 @@ def deliver(
     clock: Callable[[], datetime],
     check_lease: Callable[[], None],
     chunks: tuple[int, int] = (PROFILE_CHUNK, EVENT_CHUNK),
+    names: Names = DEFAULT_NAMES,
 ) -> None:
-    """Send the job's pending outbox: profiles first (events name them), then events; counts go to `report`."""
+    """Send the job's pending outbox under `names`: profiles first (events name them), then events; counts go
+    to `report`."""
     for kind, chunk, send in (
         ("profile", chunks[0], klaviyo.send_profiles),
         ("event", chunks[1], klaviyo.send_events),
@@ -40,7 +43,7 @@ def deliver(
         after = 0
         while items := store.pending(job, kind, limit=chunk, after_id=after):
             check_lease()
-            result = send(items)
+            result = send(items, names)
             store.mark_delivered(result.sent, result.failed, clock())
             report.delivery.add(kind, len(result.sent), len(result.failed))  # type: ignore[arg-type]
             if result.failed:

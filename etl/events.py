@@ -3,6 +3,8 @@
 Pure: no I/O, no clock; the run's start time and everything looked up (admins, teams, tags, contact
 identities) arrive in `Context`. Rules first produce candidates (metric, time, unique_id); `diff` then keeps
 those at or after `start_date`, drops duplicates, finds the profile and builds the properties once.
+Events come out in the canonical form the outbox keeps: the default metric names and property keys; a job's
+`metric_names` / `property_names` are applied when they are sent (`etl.klaviyo.rename`, docs/design.md §3.3).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ METRICS = (
     WAITING_TICKET,
     RESOLVED_TICKET,
 )
-# docs/design.md §4.2: every default key an event can carry (property_names may rename them)
+# docs/design.md §4.2: every default key an event can carry (property_names may rename them when sent)
 EVENT_PROPERTY_KEYS = (
     "email",
     "phone_number",
@@ -93,8 +95,6 @@ class Context:
     teams: Mapping[str, str] = field(default_factory=dict)  # team id → name
     tags: Mapping[str, str] = field(default_factory=dict)  # tag id → name
     contacts: Mapping[str, Identity] = field(default_factory=dict)  # contact id → identity (merges followed)
-    metric_names: Mapping[str, str] = field(default_factory=dict)  # default metric name → override
-    property_names: Mapping[str, str] = field(default_factory=dict)  # default property key → override
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def diff(prev: Snapshot | None, cur: Snapshot, ctx: Context) -> Inference:
         time = to_datetime(candidate.time)
         events.append(
             Event(
-                metric=ctx.metric_names.get(candidate.metric, candidate.metric),
+                metric=candidate.metric,
                 unique_id=candidate.unique_id,
                 time=time,
                 identity=identity,
@@ -318,7 +318,7 @@ def _properties(cur: Snapshot, metric: str, identity: Identity, ctx: Context) ->
             "Ticket Description": data.get("description"),
             "Is Shared": data.get("is_shared"),
         }
-    return {ctx.property_names.get(key, key): value for key, value in values.items()}
+    return values
 
 
 def _moment(epoch: int | None) -> str | None:

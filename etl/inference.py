@@ -1,5 +1,7 @@
 """Per page: the events and profiles that changed objects give (docs/design.md §4), with what the pure core
 needs from Intercom: admins, teams and tags (once per run) and the identities of the contacts objects name.
+Entries are in the canonical form the outbox keeps (default metric names and property keys); the job's
+`metric_names` / `property_names` are applied when they are sent (docs/design.md §3.3).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class Inference:
             for event in inference.events:
                 entries.append(OutboxEntry("event", event.unique_id, event_resource(event)))
                 self.report.add(stream, "events")
-                self.report.add(stream, f"events:{event.metric}")
+                # counted under the name Klaviyo gets, as the events:{metric} series always were
+                self.report.add(stream, f"events:{self.job.metric_names.get(event.metric, event.metric)}")
                 contact = self.contacts.get(event.identity.contact_id)
                 if contact is not None:
                     self._queue_profile(contact, entries, stream)
@@ -78,9 +81,9 @@ class Inference:
         if contact.object_id in self.profiled and not force:
             return
         self.profiled.add(contact.object_id)
-        tags, region, names = self.intercom.tags(), self.job.default_phone_region, self.job.property_names
-        before = to_profile(prev, tags, region, names)[0] if prev is not None else None
-        profile, counts = to_profile(contact, tags, region, names, before=before)
+        tags, region = self.intercom.tags(), self.job.default_phone_region
+        before = to_profile(prev, tags, region)[0] if prev is not None else None
+        profile, counts = to_profile(contact, tags, region, before=before)
         for key, n in counts.items():
             self.report.add(stream, key, n)
         if profile is not None:
@@ -107,6 +110,4 @@ class Inference:
             teams=self.intercom.teams(),
             tags=self.intercom.tags(),
             contacts=identities,
-            metric_names=self.job.metric_names,
-            property_names=self.job.property_names,
         )

@@ -1,8 +1,11 @@
 """Klaviyo client: models → JSON:API resources, bulk requests cut by count and bytes, import-job polling.
 
 The JSON:API shape stops here (docs/design.md §6). `event_resource` and `profile_resource` build the payloads
-the outbox stores and dry-run prints; `KlaviyoClient.send_profiles` / `send_events` deliver outbox items and
-say, per outbox id, whether Klaviyo accepted it. Retries, pacing and 429s are `etl.http`'s one policy; a 400
+the outbox stores, in the job's canonical form (default metric names and property keys); `rename` renders
+one into the job's configured names (`Names`), which is what dry-run prints and what is sent, so a fixed
+configuration also applies to items queued or failed before (docs/design.md §3.3).
+`KlaviyoClient.send_profiles` / `send_events` deliver outbox items and say, per outbox id, whether Klaviyo
+accepted it. Retries, pacing and 429s are `etl.http`'s one policy; a 400
 whose error pointers name items fails those items and the rest is resent; a 400 naming no item (or a 413)
 is split until the items Klaviyo refuses are isolated (`_resend`); an error about a request parameter and
 any other 4xx stop the delivery with a `KlaviyoError`, leaving the items pending. `KlaviyoClient.metrics`
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -73,12 +76,75 @@ class Metric:
     flows: tuple[Flow, ...] = ()  # the flows it triggers (when asked for)
 
 
+@dataclass(frozen=True)
+class Names:
+    """A job's `metric_names` and `property_names`: default name → the name Klaviyo gets."""
+
+    metrics: Mapping[str, str] = field(default_factory=dict)
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.metrics or self.properties)
+
+
+DEFAULT_NAMES = Names()
+
+
+def _renamed_keys(values: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    # jobs.yaml may rename a default name onto another: then the later key of the two wins
+    return {names.get(key, key): value for key, value in values.items()}
+
+
+def rename(payload: Mapping[str, Any], kind: str, names: Names) -> Mapping[str, Any]:
+    """A canonical outbox payload (`event_resource` / `profile_resource`) under the job's configured names.
+
+    Events: the metric name and the top-level property keys; profiles: the top-level property keys and the
+    keys of `meta.patch_properties.unset`. Everything else (identifiers, times, unique_ids) is untouched,
+    and so is `payload` itself. Without names, `payload` is returned as it is.
+    """
+    if not names:
+        return payload
+    attributes = payload["attributes"]
+    if kind == "event":
+        events = [_renamed_event(event, names) for event in attributes["events"]["data"]]
+        return {**payload, "attributes": {**attributes, "events": {**attributes["events"], "data": events}}}
+    result: dict[str, Any] = dict(payload)
+    if "properties" in attributes:
+        properties = _renamed_keys(attributes["properties"], names.properties)
+        result["attributes"] = {**attributes, "properties": properties}
+    meta = payload.get("meta") or {}
+    patch = meta.get("patch_properties") or {}
+    if patch.get("unset"):  # keys of properties to remove are property keys too
+        renamed = list(dict.fromkeys(names.properties.get(key, key) for key in patch["unset"]))
+        result["meta"] = {**meta, "patch_properties": {**patch, "unset": renamed}}
+    return result
+
+
+def _renamed_event(event: Mapping[str, Any], names: Names) -> dict[str, Any]:
+    attributes = dict(event["attributes"])
+    if "properties" in attributes:
+        attributes["properties"] = _renamed_keys(attributes["properties"], names.properties)
+    metric = attributes["metric"]["data"]
+    name = metric["attributes"]["name"]
+    renamed = {**metric, "attributes": {**metric["attributes"], "name": names.metrics.get(name, name)}}
+    attributes["metric"] = {**attributes["metric"], "data": renamed}
+    return {**event, "attributes": attributes}
+
+
+def rendered(items: Sequence[OutboxItem], names: Names) -> list[OutboxItem]:
+    """Outbox items with their payloads under the job's configured names (the same items without names)."""
+    if not names:
+        return list(items)
+    return [replace(item, payload=rename(item.payload, item.kind, names)) for item in items]
+
+
 def _present(values: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
 def event_resource(event: Event) -> dict[str, Any]:
-    """The `event-bulk-create` resource of one event, exactly as a bulk create request carries it."""
+    """The `event-bulk-create` resource of one event, as a bulk create request carries it under the default
+    names."""
     identity = _present({"email": event.identity.email, "phone_number": event.identity.phone_number})
     return {
         "type": "event-bulk-create",
@@ -104,7 +170,7 @@ def event_resource(event: Event) -> dict[str, Any]:
 
 
 def profile_resource(profile: Profile) -> dict[str, Any]:
-    """The `profile` resource of one profile, exactly as a bulk import job carries it."""
+    """The `profile` resource of one profile, as a bulk import job carries it under the default names."""
     properties = dict(profile.properties)
     if profile.identity.contact_id is not None:
         properties.setdefault("intercom_contact_id", profile.identity.contact_id)
@@ -303,8 +369,10 @@ class KlaviyoClient(ApiClient):
         return found
 
     # -- events -----------------------------------------------------------------------------------
-    def send_events(self, items: Sequence[OutboxItem]) -> Delivery:
-        """Bulk-create the events of `items` (`event_resource` payloads) in the fewest requests possible."""
+    def send_events(self, items: Sequence[OutboxItem], names: Names = DEFAULT_NAMES) -> Delivery:
+        """Bulk-create the events of `items` (`event_resource` payloads) under `names`, in the fewest requests
+        possible."""
+        items = rendered(items, names)  # before cutting: the bytes and dedupe keys are those sent
         batches, failed = cut_event_batches(items)
         by_id = {item.id: item for item in items}
         sent: list[int] = []
@@ -329,8 +397,10 @@ class KlaviyoClient(ApiClient):
                 self._post_events(retry, by_id, sent, failed)
 
     # -- profiles ---------------------------------------------------------------------------------
-    def send_profiles(self, items: Sequence[OutboxItem]) -> Delivery:
-        """Import the profiles of `items` (`profile_resource` payloads): submit every job, then await each."""
+    def send_profiles(self, items: Sequence[OutboxItem], names: Names = DEFAULT_NAMES) -> Delivery:
+        """Import the profiles of `items` (`profile_resource` payloads) under `names`: submit every job, then
+        await each."""
+        items = rendered(items, names)  # before cutting: the bytes and superseded unset keys are those sent
         batches, failed = cut_profile_batches(items)
         by_id = {item.id: item for item in items}
         sent: list[int] = []

@@ -27,7 +27,7 @@ from etl.config import JobSettings
 from etl.errors import EtlError
 from etl.inference import Inference
 from etl.intercom import IntercomClient
-from etl.klaviyo import KlaviyoClient
+from etl.klaviyo import DEFAULT_NAMES, KlaviyoClient, Names
 from etl.models import ApiCounts, RunOptions, RunReport, Window, iso_z
 from etl.report import Progress
 from etl.sinks import DryRunSink, OutboxSink, Sink
@@ -52,13 +52,21 @@ class Services:
         if self.klaviyo is not None:
             self.klaviyo.close()
 
-    def sink(self, job: str, options: RunOptions, out: TextIO | None, clock: Callable[[], datetime]) -> Sink:
-        """Where this run's results go: the outbox and Klaviyo, or NDJSON lines for a dry-run."""
+    def sink(
+        self,
+        job: str,
+        options: RunOptions,
+        out: TextIO | None,
+        clock: Callable[[], datetime],
+        names: Names = DEFAULT_NAMES,
+    ) -> Sink:
+        """Where this run's results go: the outbox and Klaviyo, or NDJSON lines for a dry-run; both apply the
+        job's `names` to what they send or print (the outbox keeps the default names)."""
         if options.dry_run:
-            return DryRunSink(self.store, out or sys.stdout, job, replay=options.replay)
+            return DryRunSink(self.store, out or sys.stdout, job, replay=options.replay, names=names)
         if self.store is None or self.klaviyo is None:
             raise ValueError("a real run needs a state store and a Klaviyo client")
-        return OutboxSink(self.store, self.klaviyo, job, clock=clock, requeue=options.replay)
+        return OutboxSink(self.store, self.klaviyo, job, clock=clock, requeue=options.replay, names=names)
 
 
 def _utcnow() -> datetime:
@@ -84,7 +92,7 @@ class JobRun:
         self.report = RunReport(job.name, self.mode)  # type: ignore[arg-type]
         self.started = clock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.sink = services.sink(job.name, options, sink, clock)
+        self.sink = services.sink(job.name, options, sink, clock, Names(job.metric_names, job.property_names))
         self.inference = Inference(job, services.intercom, self.report, options, self.started)
         self.run_id: int | None = None
         self.window_state: dict[str, Any] = {}

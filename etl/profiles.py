@@ -95,20 +95,23 @@ def to_profile(
     contact: Snapshot,
     tags: Mapping[str, str],
     default_phone_region: str,
-    property_names: Mapping[str, str] | None = None,
     before: Profile | None = None,
 ) -> tuple[Profile | None, dict[str, int]]:
     """The Klaviyo profile of a contact snapshot (docs/design.md §4.2); None without an email or phone.
 
-    `before` is the profile of the contact's previous state, as it was sent: its tracked properties that are
-    empty or absent now are listed in `unset`, and take part in the unique_id (a profile that differs only in
-    what it removes is another upsert).
+    Canonical: under the default property keys, as the outbox keeps it; a job's `property_names` are applied
+    when it is sent (`etl.klaviyo.rename`). So the unique_id, a digest of this content, does not depend on
+    the names: renaming a property does not send unchanged profiles again, and with no names configured the
+    digests are those that versions renaming at inference gave.
+
+    `before` is the profile of the contact's previous state: its tracked properties that are empty or absent
+    now are listed in `unset`, and take part in the unique_id (a profile that differs only in what it removes
+    is another upsert).
     """
     identity, counts = contact_identity(contact, default_phone_region)
     if identity is None:
         return None, {**counts, "skipped:no_identifier": 1}
     data = contact.data
-    names = property_names or {}
     first_name, last_name = split_name(text(data.get("name")))
     places = {key: text(value) for key, value in obj(data.get("location")).items()}
     location = {key: value for key, value in places.items() if value is not None}
@@ -123,9 +126,7 @@ def to_profile(
         data.get("custom_attributes"),
         tag_names,
     )
-    raw_properties = {
-        names.get(key, key): value for key, value in zip(PROFILE_PROPERTY_KEYS, values, strict=True)
-    }
+    raw_properties = dict(zip(PROFILE_PROPERTY_KEYS, values, strict=True))
     fitted = fit_properties(raw_properties, empty=is_blank)
     if fitted.truncations:
         counts["truncated"] = fitted.truncations
@@ -141,9 +142,12 @@ def to_profile(
     }
     unset: tuple[str, ...] = ()
     if before is not None:
-        tracked = {names.get(key, key) for key in PROFILE_PROPERTY_KEYS}
         unset = tuple(
-            sorted(key for key in before.properties if key in tracked and key not in fitted.properties)
+            sorted(
+                key
+                for key in before.properties
+                if key in PROFILE_PROPERTY_KEYS and key not in fitted.properties
+            )
         )
     if unset:  # only then: an unchanged profile keeps the unique_id it was sent under
         content["unset"] = list(unset)

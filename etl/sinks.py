@@ -4,7 +4,8 @@ The run's flow (`etl.pipeline`) is the same in both modes; everything that diffe
 - `OutboxSink` holds the lease, records the run, writes each page's items and snapshots in ONE transaction,
   then delivers the outbox and moves the watermarks;
 - `DryRunSink` reads the store read-only (or nothing, when the database does not exist yet), prints what
-  would be queued, and at the end what is still pending from earlier runs. It writes nothing anywhere.
+  would be queued, and at the end what is still pending from earlier runs, each payload under the job's
+  names as it would be sent (the outbox keeps the default names). It writes nothing anywhere.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Protocol, TextIO
 from etl import logs
 from etl.delivery import deliver
 from etl.errors import EtlError
-from etl.klaviyo import KlaviyoClient
+from etl.klaviyo import DEFAULT_NAMES, KlaviyoClient, Names, rename
 from etl.lease import LeaseKeeper
 from etl.models import OutboxEntry, RunReport, Snapshot
 from etl.state import RunRow, StateStore
@@ -81,9 +82,11 @@ class OutboxSink:
         *,
         clock: Callable[[], datetime],
         requeue: bool = False,
+        names: Names = DEFAULT_NAMES,
     ) -> None:
         self.store, self.klaviyo, self.job, self.clock = store, klaviyo, job, clock
         self.requeue = requeue  # a replay re-queues what was sent before; Klaviyo's dedupe keeps it harmless
+        self.names = names  # applied when sending: the outbox keeps the default names (docs/design.md §3.3)
         self.run_id: int | None = None
 
     def watermarks(self) -> Mapping[str, datetime]:
@@ -114,7 +117,15 @@ class OutboxSink:
     def complete(
         self, report: RunReport, watermarks: Mapping[str, datetime], check_lease: Callable[[], None]
     ) -> None:
-        deliver(self.store, self.klaviyo, self.job, report, clock=self.clock, check_lease=check_lease)
+        deliver(
+            self.store,
+            self.klaviyo,
+            self.job,
+            report,
+            clock=self.clock,
+            check_lease=check_lease,
+            names=self.names,
+        )
         if watermarks:
             check_lease()  # never move a watermark under a run that lost its lease
         for stream, value in watermarks.items():
@@ -159,8 +170,17 @@ class _OutboxPage:
 class DryRunSink:
     """A dry-run: the store read-only (None when it does not exist yet), NDJSON lines to `out`."""
 
-    def __init__(self, store: StateStore | None, out: TextIO, job: str, *, replay: bool = False) -> None:
+    def __init__(
+        self,
+        store: StateStore | None,
+        out: TextIO,
+        job: str,
+        *,
+        replay: bool = False,
+        names: Names = DEFAULT_NAMES,
+    ) -> None:
         self.store, self.out, self.job, self.replay = store, out, job, replay
+        self.names = names  # each line shows the payload as sent: under the job's names as configured now
         self.emitted: set[tuple[str, str]] = set()  # (kind, unique_id) already printed
 
     def watermarks(self) -> Mapping[str, datetime]:
@@ -212,7 +232,7 @@ class DryRunSink:
                 "kind": entry.kind,
                 "job": self.job,
                 "unique_id": entry.unique_id,
-                "payload": entry.payload,
+                "payload": rename(entry.payload, entry.kind, self.names),
             }
             self.out.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
 

@@ -92,12 +92,23 @@ def test_unique_id_is_stable_for_an_unchanged_contact_and_moves_with_content():
     assert changed.unique_id != first.unique_id
 
 
-def test_property_names_can_be_overridden():
-    """property_names renames profile property keys too."""
-    profile, _ = profile_of(contact(), property_names={"intercom_tags": "tags"})
-    assert profile is not None
-    assert profile.properties["tags"] == ["vip"]
-    assert "intercom_tags" not in profile.properties
+def test_unique_ids_digest_the_default_names_and_are_those_earlier_versions_gave():
+    """Profiles are built under the default keys whatever the job renames (property_names is applied when
+    sending, tests/test_names.py), so a rename sends no unchanged profile again; and the digests are the ones
+    versions that renamed at inference gave without names (pinned from them), so no profile looks changed
+    after the upgrade."""
+    with pytest.raises(TypeError, match="property_names"):
+        profile_of(contact(), property_names={"intercom_tags": "tags"})
+    before, _ = profile_of(contact())
+    cleared = contact(
+        tags={"data": []},
+        custom_attributes={},
+        opted_out_subscription_types={"type": "list", "data": [], "total_count": 0},
+    )
+    after, _ = profile_of(cleared, before=before)
+    assert before is not None and after is not None
+    assert before.unique_id == "intercom:contact:c-mail:cc3d2739205b1094"
+    assert after.unique_id == "intercom:contact:c-mail:598350e127d173f8"
 
 
 def test_invalid_phone_is_dropped_and_counted_never_sent():
@@ -210,22 +221,21 @@ def test_zero_and_false_are_profile_values_while_empty_ones_are_not_sent():
     assert profile.unset == ()
 
 
-def test_what_the_previous_profile_had_and_this_one_has_not_is_unset_under_its_sent_name():
-    """Tags removed and attributes emptied since the previous profile: their keys (renamed by property_names)
-    are unset; a property still present, 0 included, is not; the unset set takes part in the unique_id."""
-    names = {"intercom_tags": "tags"}
-    before, _ = profile_of(contact(), property_names=names)
+def test_what_the_previous_profile_had_and_this_one_has_not_is_unset():
+    """Tags removed and attributes emptied since the previous profile: their (default) keys are unset; a
+    property still present, 0 included, is not; the unset set takes part in the unique_id."""
+    before, _ = profile_of(contact())
     cleared = contact(
         tags={"data": []},
         custom_attributes={},
         opted_out_subscription_types={"type": "list", "data": [], "total_count": 0},
     )
-    after, _ = profile_of(cleared, property_names=names, before=before)
-    alone, _ = profile_of(cleared, property_names=names)
+    after, _ = profile_of(cleared, before=before)
+    alone, _ = profile_of(cleared)
     assert before is not None and after is not None and alone is not None
-    assert after.unset == ("intercom_custom_attributes", "tags")
+    assert after.unset == ("intercom_custom_attributes", "intercom_tags")
     assert after.properties["intercom_opted_out_subscription_types_count"] == 0
     assert alone.unset == () and alone.properties == after.properties
     assert after.unique_id != alone.unique_id
-    same, _ = profile_of(contact(updated_at=5), property_names=names, before=before)
+    same, _ = profile_of(contact(updated_at=5), before=before)
     assert same is not None and same.unset == () and same.unique_id == before.unique_id
