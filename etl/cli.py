@@ -131,7 +131,14 @@ def cli(ctx: click.Context, config: str | None, log_format: str | None, verbose:
 )
 @click.option("--streams", metavar="LIST", help="Comma list of streams (default: the job's streams).")
 @click.option(
-    "--metrics-file", metavar="PATH", help="Write Prometheus text metrics here (node_exporter textfile)."
+    "--metrics-file",
+    metavar="PATH",
+    help="Write Prometheus text metrics here (node_exporter textfile); other jobs' series in it are kept.",
+)
+@click.option(
+    "--pushgateway",
+    metavar="URL",
+    help="Push the metrics to this Prometheus Pushgateway (one group per job and mode).",
 )
 @click.pass_obj
 def run(obj: Cli, jobs: tuple[str, ...], **flags: Any) -> None:
@@ -160,6 +167,7 @@ def _run_options(
     replay: bool,
     streams: str | None,
     metrics_file: str | None,
+    pushgateway: str | None,
 ) -> RunOptions:
     problems: list[str] = []
 
@@ -186,9 +194,13 @@ def _run_options(
         if bad or not names:
             problems.append(f"--streams: expected a comma list of {', '.join(STREAMS)}, got {streams!r}")
         chosen = names
+    from etl.metrics import gateway_problem  # prometheus_client: only when `run` is called
+
+    if pushgateway is not None and (problem := gateway_problem(pushgateway)):
+        problems.append(problem)
     if problems:
         raise ConfigError(problems)
-    return RunOptions(dry_run, output, start, end, replay, chosen, metrics_file)
+    return RunOptions(dry_run, output, start, end, replay, chosen, metrics_file, pushgateway)
 
 
 # -- check -------------------------------------------------------------------------------------------

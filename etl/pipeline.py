@@ -80,8 +80,8 @@ class JobRun:
     ) -> None:
         self.job, self.options, self.clock, self.services = job, options, clock, services
         self.progress = progress or Progress(enabled=False)
-        self.mode = "dry-run" if options.dry_run else "backfill" if options.backfill else "incremental"
-        self.report = RunReport(job.name, self.mode)  # type: ignore[arg-type]
+        self.mode = options.mode
+        self.report = RunReport(job.name, self.mode)
         self.started = clock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.sink = services.sink(job.name, options, sink, clock)

@@ -1,5 +1,5 @@
-"""What a run shows and leaves behind: progress (bars on a TTY, JSON log lines off it), the summary table,
-and the Prometheus textfile for node_exporter."""
+"""What a run shows: progress (bars on a TTY, JSON log lines off it) and the summary table (its metrics:
+`etl.metrics`)."""
 
 from __future__ import annotations
 
@@ -116,41 +116,3 @@ def summary_table(report: RunReport) -> str:
     if extras:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in extras.items()))
     return "\n".join(lines)
-
-
-def write_metrics(path: str, results: Sequence[tuple[RunReport, int]], store: Any) -> None:
-    """Prometheus text format for node_exporter's textfile collector, written atomically."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-
-    registry = CollectorRegistry()
-    last_success = Gauge(
-        "etl_last_success_timestamp_seconds",
-        "End of the job's last successful run",
-        ["job"],
-        registry=registry,
-    )
-    duration = Gauge(
-        "etl_run_duration_seconds", "Duration of the job's latest run", ["job"], registry=registry
-    )
-    objects = Gauge("etl_objects", "Objects read by the latest run", ["job", "stream"], registry=registry)
-    events = Gauge("etl_events", "Events queued by the latest run", ["job", "metric"], registry=registry)
-    failed = Gauge("etl_run_failed", "1 when the job's latest run failed", ["job"], registry=registry)
-    rejected = Gauge(
-        "etl_items_rejected", "Items Klaviyo rejected in the latest run", ["job"], registry=registry
-    )
-    for report, code in results:
-        ok = store.last_run(report.job, "incremental", "succeeded")
-        if ok is not None and ok.finished_at is not None:
-            last_success.labels(report.job).set(ok.finished_at.timestamp())
-        # any exit but 0 and 6 (finished, some items rejected) is a failed run, also before it was recorded
-        failed.labels(report.job).set(0 if code in (0, 6) else 1)
-        duration.labels(report.job).set(report.duration_ms / 1000)
-        rejected.labels(report.job).set(report.delivery.failed)
-        for stream in STREAMS:
-            counts = report.streams.get(stream, {})
-            if counts:
-                objects.labels(report.job, stream).set(counts.get("objects", 0))
-            for key, n in counts.items():
-                if key.startswith("events:"):
-                    events.labels(report.job, key.split(":", 1)[1]).inc(n)
-    write_to_textfile(path, registry)

@@ -15,9 +15,10 @@ from etl.config import JobSettings, Settings, secrets_for
 from etl.errors import EtlError, ItemsRejected, UsageError, worst_exit_code
 from etl.intercom import IntercomClient
 from etl.klaviyo import KlaviyoClient
+from etl.metrics import check_metrics_file, push_metrics, write_metrics
 from etl.models import RunOptions, RunReport
 from etl.pipeline import JobRun, Services
-from etl.report import Progress, summary_table, write_metrics
+from etl.report import Progress, summary_table
 from etl.state import StateStore
 
 log = logs.get_logger("runner")
@@ -71,6 +72,8 @@ def run_jobs(
     """
     stderr = stderr or sys.stderr
     jobs = settings.select(names)
+    if options.metrics_file and not options.dry_run:
+        check_metrics_file(options.metrics_file)  # a path it could not write fails now, before any work
     store = open_store(settings.database_url, dry_run=options.dry_run)
     sink_cm: Any = nullcontext(sys.stdout)
     if options.dry_run and options.output:
@@ -81,23 +84,36 @@ def run_jobs(
                 store.close()
             raise UsageError(f"--output: cannot write {options.output}: {exc.strerror or exc}") from None
     results: list[tuple[RunReport, int]] = []
-    codes: list[int] = []
+    problems: list[str] = []
     try:
         with sink_cm as sink:
             for job in jobs:
                 results.append(_run_one(job, store, options, sink, stderr))
     finally:
         if store is not None:
-            if options.metrics_file and not options.dry_run:
-                try:
-                    write_metrics(options.metrics_file, results, store)
-                except OSError as exc:  # the operator's path, not a bug: one line, exit 2
-                    stderr.write(
-                        f"etl: error: --metrics-file: cannot write {options.metrics_file}: {exc.strerror or exc}\n"
-                    )
-                    codes.append(UsageError.exit_code)
+            if not options.dry_run:
+                problems = publish_metrics(options, results, store)
             store.close()
-    return worst_exit_code([code for _, code in results] + codes)
+    for problem in problems:
+        stderr.write(f"etl: error: {problem}\n")
+    code = worst_exit_code([code for _, code in results])
+    # metrics that could not be written make a successful run exit 2; a failed run keeps its own code
+    return UsageError.exit_code if problems and code == 0 else code
+
+
+def publish_metrics(
+    options: RunOptions, results: list[tuple[RunReport, int]], store: StateStore
+) -> list[str]:
+    """Write the metrics file and push to the Pushgateway, as asked; one message per failure."""
+    problems = []
+    if options.metrics_file:
+        try:
+            write_metrics(options.metrics_file, results, store)
+        except OSError as exc:  # checked before the run, so the folder went away meanwhile
+            problems.append(f"--metrics-file: cannot write {options.metrics_file}: {exc.strerror or exc}")
+    if options.pushgateway:
+        problems += push_metrics(options.pushgateway, results, store)
+    return problems
 
 
 def _run_one(
@@ -134,7 +150,7 @@ def _run_one(
     finally:
         if services is not None:
             services.close()
-    return (job_run.report if job_run is not None else RunReport(job.name, "incremental")), code
+    return (job_run.report if job_run is not None else RunReport(job.name, options.mode)), code
 
 
 def check_online(job: JobSettings) -> None:

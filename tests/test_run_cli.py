@@ -29,6 +29,7 @@ from tests.run_fixtures import (
     KL_ENV,
     KL_KEY,
     STREAMS,
+    FakePushgateway,
     dump,
     sandboxes,
     settings,
@@ -88,7 +89,7 @@ def test_run_exits_0_with_summary_json_logs_metrics_file_and_run_history(tmp_pat
     store.close()
     families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
     (last,) = families["etl_last_success_timestamp_seconds"].samples
-    assert last.labels == {"job": "shop"} and last.value == run.finished_at.timestamp()
+    assert last.labels == {"job": "shop", "mode": "incremental"} and last.value == run.finished_at.timestamp()
     events = {s.labels["metric"]: s.value for s in families["etl_events"].samples}
     expected: dict[str, float] = {}
     for stream in STREAMS:
@@ -246,29 +247,91 @@ def test_demo_prints_what_was_sent_and_where_to_look(tmp_path: Path) -> None:
     assert [json.loads(line)["status"] for line in runs.stdout.splitlines()] == ["succeeded"] * 3
 
 
-def test_unwritable_output_or_metrics_file_is_a_usage_error_not_a_bug(tmp_path: Path) -> None:
-    """`--output` or `--metrics-file` in a missing folder: exit 2 and one line naming the flag, not "a bug"."""
+def test_unwritable_output_or_metrics_file_is_a_usage_error_before_any_work(tmp_path: Path) -> None:
+    """`--output` or `--metrics-file` in a missing folder: exit 2 and one line naming the flag, not "a bug",
+    and nothing run: no request to Intercom, no state database created, no run recorded as succeeded."""
     missing = tmp_path / "missing"
+    database = tmp_path / "state.db"
     with sandboxes() as boxes:
-        config = str(write_config(tmp_path / "jobs.yaml", f"sqlite:///{tmp_path}/state.db", boxes.job()))
+        config = str(write_config(tmp_path / "jobs.yaml", f"sqlite:///{database}", boxes.job()))
         dry = invoke("--config", config, "-q", "run", "--dry-run", "--output", str(missing / "out.ndjson"))
         assert dry.exit_code == 2
         assert dry.stderr == (
             f"etl: error: --output: cannot write {missing / 'out.ndjson'}: No such file or directory\n"
         )
         assert boxes.intercom.server.requests == []  # refused before any work
-        metrics = invoke(
+        metrics = invoke("--config", config, "run", "--metrics-file", str(missing / "etl.prom"))
+        assert boxes.intercom.server.requests == [] and boxes.klaviyo.requests == []
+    assert (metrics.exit_code, metrics.stdout) == (2, "")
+    assert metrics.stderr == (
+        f"etl: error: --metrics-file: cannot write {missing / 'etl.prom'}: No such file or directory\n"
+    )
+    assert not database.exists()
+
+
+def test_a_backfill_adds_its_own_last_success_beside_the_schedules(tmp_path: Path) -> None:
+    """After an incremental run and a backfill, both share the metrics file, each with its own mode label."""
+    url = f"sqlite:///{tmp_path}/state.db"
+    metrics = tmp_path / "etl.prom"
+    with sandboxes() as boxes:
+        config = str(write_config(tmp_path / "jobs.yaml", url, boxes.job()))
+        assert invoke("--config", config, "run", "--metrics-file", str(metrics)).exit_code == 0
+        backfill = invoke(
             "--config",
             config,
-            "-q",
             "run",
+            "--since",
+            "2026-01-01",
+            "--until",
+            "2026-02-01",
             "--metrics-file",
-            str(missing / "etl.prom"),
-            env={IC_ENV: "wrong-token-9876"},
+            str(metrics),
         )
-    assert metrics.exit_code == 2
-    assert metrics.stderr.splitlines() == [
-        f"etl: error: job shop: Intercom rejected the credentials (401): set {IC_ENV} to a valid token "
-        "(Access Token Invalid)",
-        f"etl: error: --metrics-file: cannot write {missing / 'etl.prom'}: No such file or directory",
-    ]
+        assert backfill.exit_code == 0, backfill.output
+    store = StateStore(url)
+    ends = {r.mode: r.finished_at.timestamp() for r in store.runs("shop", 5)}
+    store.close()
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    last = {s.labels["mode"]: s.value for s in families["etl_last_success_timestamp_seconds"].samples}
+    assert last == ends and set(last) == {"incremental", "backfill"}
+    durations = families["etl_run_duration_seconds"].samples
+    assert sorted(s.labels["mode"] for s in durations) == ["backfill", "incremental"]
+
+
+def test_run_pushes_its_metrics_to_a_pushgateway_and_a_refused_push_exits_2(tmp_path: Path) -> None:
+    """`--pushgateway URL`: one PUT of the run's series to the job's group; a Pushgateway answering 400 leaves
+    the run succeeded in the history, prints one line after the summary and exits 2."""
+    url = f"sqlite:///{tmp_path}/state.db"
+    with sandboxes() as boxes:
+        config = str(write_config(tmp_path / "jobs.yaml", url, boxes.job()))
+        with FakePushgateway() as gateway:
+            pushed = invoke("--config", config, "run", "--pushgateway", gateway.url)
+        with FakePushgateway(400, b"inconsistent\n") as refusing:
+            refused = invoke("--config", config, "run", "--pushgateway", refusing.url)
+    assert pushed.exit_code == 0, pushed.output
+    ((method, path, body),) = gateway.requests
+    assert (method, path) == ("PUT", "/metrics/job/shop/mode/incremental")
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    assert [s.value for s in families["etl_run_failed"].samples] == [0.0]
+    assert {s.labels["stream"] for s in families["etl_objects"].samples} == set(STREAMS)
+    assert refused.exit_code == 2
+    host = refusing.url.removeprefix("http://")
+    assert refused.stderr.splitlines()[-1] == (
+        f"etl: error: --pushgateway: could not push the metrics of job shop to {host} (HTTP 400: inconsistent): "
+        "check the URL and that the Pushgateway is up"
+    )
+    store = StateStore(url)
+    assert [r.status for r in store.runs("shop", 5)] == ["succeeded", "succeeded"]
+    store.close()
+
+
+def test_a_pushgateway_url_that_is_no_url_is_refused_before_any_work(tmp_path: Path) -> None:
+    """A malformed --pushgateway is exit 2 and one line, with nothing read from Intercom."""
+    with sandboxes() as boxes:
+        config = str(write_config(tmp_path / "jobs.yaml", f"sqlite:///{tmp_path}/state.db", boxes.job()))
+        result = invoke("--config", config, "run", "--pushgateway", "ftp://pushgateway")
+        assert boxes.intercom.server.requests == []
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "etl: error: --pushgateway: expected a URL like http://pushgateway:9091, got 'ftp://pushgateway'\n",
+    )
