@@ -74,6 +74,10 @@ class _TextFormatter(logging.Formatter):
         return scrub(text)
 
 
+# --log-level and the verbosity it stands for: -v is debug, -q warning, -qq error (docs/design.md §3.1)
+LOG_LEVELS = {"debug": 1, "info": 0, "warning": -1, "error": -2}
+
+
 def configure(log_format: str | None, verbosity: int, stream: TextIO | None = None) -> str:
     """Set up the `etl` logger once per process; returns the format chosen ("text" or "json")."""
     stream = stream or sys.stderr
@@ -83,8 +87,44 @@ def configure(log_format: str | None, verbosity: int, stream: TextIO | None = No
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers[:] = [handler]
     logger.propagate = False
-    logger.setLevel(logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO)
+    levels = {1: logging.DEBUG, 0: logging.INFO, -1: logging.WARNING, -2: logging.ERROR}
+    logger.setLevel(levels[max(-2, min(1, verbosity))])
     return chosen
+
+
+def json_mode() -> bool:
+    """Whether configure() chose JSON lines: then everything on stderr is one JSON object a line, the summary
+    and the `etl: error:` lines too. False for a logger never configured (the library used on its own)."""
+    return any(isinstance(h.formatter, _JsonFormatter) for h in logging.getLogger(LOGGER_NAME).handlers)
+
+
+def json_line(level: str, message: str, fields: dict[str, Any], *, logger: str = LOGGER_NAME) -> str:
+    """One JSON log line as the `etl` logger writes it (ts, level, logger, message, fields; scrubbed)."""
+    record = logging.makeLogRecord(
+        {
+            "name": logger,
+            "levelname": level.upper(),
+            "levelno": logging.getLevelName(level.upper()),
+            "msg": message,
+        }
+    )
+    record.fields = fields
+    return _JsonFormatter().format(record)
+
+
+def error_line(message: str, exit_code: int, *, job: str | None = None, exception: str | None = None) -> str:
+    """How a failure is printed, on one line: `etl: error: [job X: ]…`, or in JSON mode a log line at level
+    error with `exit_code` (and `job`); `exception` is a bug's traceback for -v (text: printed above the line)."""
+    message = scrub(message)
+    if json_mode():
+        fields: dict[str, Any] = {"exit_code": exit_code}
+        if job is not None:
+            fields["job"] = job
+        if exception:
+            fields["exception"] = exception.rstrip("\n")
+        return json_line("error", message, fields)
+    line = f"etl: error: {f'job {job}: ' if job is not None else ''}{message}"
+    return scrub(exception) + line if exception else line
 
 
 def get_logger(name: str) -> logging.Logger:

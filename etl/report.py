@@ -116,3 +116,12 @@ def summary_table(report: RunReport) -> str:
     if extras:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in extras.items()))
     return "\n".join(lines)
+
+
+def summary(report: RunReport) -> str:
+    """A run's summary as stderr shows it: the table, or in JSON mode one log line `run summary` with the
+    job, mode and the counts the run history stores (`etl runs --json` shows the same)."""
+    if logs.json_mode():
+        fields = {"job": report.job, "mode": report.mode, "counts": report.counts}
+        return logs.json_line("info", "run summary", fields, logger="etl.runner")
+    return summary_table(report)

@@ -18,7 +18,8 @@ from etl.klaviyo import KlaviyoClient
 from etl.metrics import check_metrics_file, push_metrics, write_metrics
 from etl.models import RunOptions, RunReport
 from etl.pipeline import JobRun, Services
-from etl.report import Progress, summary_table
+from etl.report import Progress
+from etl.report import summary as summary_of
 from etl.state import StateStore
 
 log = logs.get_logger("runner")
@@ -64,11 +65,17 @@ def build_services(
 
 
 def run_jobs(
-    settings: Settings, names: list[str], options: RunOptions, *, stderr: TextIO | None = None
+    settings: Settings,
+    names: list[str],
+    options: RunOptions,
+    *,
+    stderr: TextIO | None = None,
+    summary: bool = True,
 ) -> int:
     """Run the named jobs (all when none) in order; one job's failure does not stop the others.
 
-    Returns the worst exit code. Each failure is printed as one line `etl: error: job X: …`.
+    Returns the worst exit code. Each failure is printed as one line `etl: error: job X: …` (a JSON line in
+    JSON mode); each job's summary too unless `summary` is off (-q: cron mails whatever is printed).
     """
     stderr = stderr or sys.stderr
     jobs = settings.select(names)
@@ -88,14 +95,14 @@ def run_jobs(
     try:
         with sink_cm as sink:
             for job in jobs:
-                results.append(_run_one(job, store, options, sink, stderr))
+                results.append(_run_one(job, store, options, sink, stderr, summary))
     finally:
         if store is not None:
             if not options.dry_run:
                 problems = publish_metrics(options, results, store)
             store.close()
     for problem in problems:
-        stderr.write(f"etl: error: {problem}\n")
+        stderr.write(logs.error_line(problem, UsageError.exit_code) + "\n")
     code = worst_exit_code([code for _, code in results])
     # metrics that could not be written make a successful run exit 2; a failed run keeps its own code
     return UsageError.exit_code if problems and code == 0 else code
@@ -117,7 +124,12 @@ def publish_metrics(
 
 
 def _run_one(
-    job: JobSettings, store: StateStore | None, options: RunOptions, sink: TextIO, stderr: TextIO
+    job: JobSettings,
+    store: StateStore | None,
+    options: RunOptions,
+    sink: TextIO,
+    stderr: TextIO,
+    summary: bool,
 ) -> tuple[RunReport, int]:
     """One job for run_jobs: its report and exit code; every failure is one line on stderr, never a raise."""
     services: Services | None = None
@@ -129,23 +141,22 @@ def _run_one(
             job, options, services, sink=sink, progress=Progress(enabled=stderr.isatty(), stream=stderr)
         )
         report = job_run.execute()
-        stderr.write(summary_table(report) + "\n")
+        if summary:
+            stderr.write(summary_of(report) + "\n")
         if job_run.rejected:
             rejected = ItemsRejected(
                 f"Klaviyo rejected {job_run.rejected} item(s); see `etl outbox {job.name} --status failed`"
             )
-            stderr.write(f"etl: error: job {job.name}: {rejected}\n")
+            stderr.write(logs.error_line(str(rejected), rejected.exit_code, job=job.name) + "\n")
             code = rejected.exit_code
         return report, code
     except EtlError as exc:
-        stderr.write(f"etl: error: job {job.name}: {logs.scrub(str(exc))}\n")
+        stderr.write(logs.error_line(str(exc), exc.exit_code, job=job.name) + "\n")
         code = exc.exit_code
     except Exception as exc:  # a bug in one job must not keep the others from running
         log.exception("unexpected error", extra={"fields": {"job": job.name}})
-        stderr.write(
-            f"etl: error: job {job.name}: unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:200]}); "
-            "this is a bug, please report it\n"
-        )
+        message = f"unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:200]}); this is a bug, please report it"
+        stderr.write(logs.error_line(message, 1, job=job.name) + "\n")
         code = 1
     finally:
         if services is not None:
