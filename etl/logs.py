@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -74,6 +74,33 @@ class _TextFormatter(logging.Formatter):
         return scrub(text)
 
 
+class _Handler(logging.StreamHandler):
+    """Writes each line to its stream, or through `divert` while progress bars are live (see `divert`)."""
+
+    divert: Callable[[str], None] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        write = self.divert
+        if write is None:
+            super().emit(record)
+            return
+        try:
+            write(self.format(record))
+        except Exception:  # as StreamHandler does: a failing log line must not end the run
+            self.handleError(record)
+
+
+def divert(write: Callable[[str], None] | None) -> None:
+    """Send every `etl` log line through `write`, or back to the handler's own stream (None).
+
+    Live progress bars own the terminal's last lines: a line written past them lands on the bars' line and the
+    next redraw copies the bars into the scrollback. Their rich Console prints a line above them instead.
+    """
+    for handler in logging.getLogger(LOGGER_NAME).handlers:
+        if isinstance(handler, _Handler):
+            handler.divert = write
+
+
 # --log-level and the verbosity it stands for: -v is debug, -q warning, -qq error (docs/design.md §3.1)
 LOG_LEVELS = {"debug": 1, "info": 0, "warning": -1, "error": -2}
 
@@ -82,7 +109,7 @@ def configure(log_format: str | None, verbosity: int, stream: TextIO | None = No
     """Set up the `etl` logger once per process; returns the format chosen ("text" or "json")."""
     stream = stream or sys.stderr
     chosen = log_format or ("text" if stream.isatty() else "json")
-    handler = logging.StreamHandler(stream)
+    handler = _Handler(stream)
     handler.setFormatter(_JsonFormatter() if chosen == "json" else _TextFormatter())
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers[:] = [handler]

@@ -108,7 +108,7 @@ class JobRun:
                 log.info("run started", extra={"fields": self._fields(windows=len(plan.windows))})
                 for window in plan.windows:
                     self.read_stream(window)
-                self.sink.complete(self.report, self.watermarks(plan), check_lease)
+                self.sink.complete(self.report, self.watermarks(plan), check_lease, self.progress)
                 self.finish("succeeded" if not self.rejected else "rejected", None)
             except EtlError as exc:
                 self.finish("failed", str(exc))

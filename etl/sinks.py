@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TextIO
 
 from etl import logs
-from etl.delivery import deliver
+from etl.delivery import DeliveryProgress, deliver
 from etl.errors import EtlError
 from etl.klaviyo import KlaviyoClient
 from etl.lease import LeaseKeeper
@@ -62,7 +62,11 @@ class Sink(Protocol):
     def save_window(self, window: dict[str, Any]) -> None: ...
 
     def complete(
-        self, report: RunReport, watermarks: Mapping[str, datetime], check_lease: Callable[[], None]
+        self,
+        report: RunReport,
+        watermarks: Mapping[str, datetime],
+        check_lease: Callable[[], None],
+        progress: DeliveryProgress | None = None,
     ) -> None:
         """After reading: deliver and move these watermarks (a real run), or print the backlog (dry-run)."""
         ...
@@ -112,9 +116,21 @@ class OutboxSink:
             self.store.update_run(self.run_id, window=window)
 
     def complete(
-        self, report: RunReport, watermarks: Mapping[str, datetime], check_lease: Callable[[], None]
+        self,
+        report: RunReport,
+        watermarks: Mapping[str, datetime],
+        check_lease: Callable[[], None],
+        progress: DeliveryProgress | None = None,
     ) -> None:
-        deliver(self.store, self.klaviyo, self.job, report, clock=self.clock, check_lease=check_lease)
+        deliver(
+            self.store,
+            self.klaviyo,
+            self.job,
+            report,
+            clock=self.clock,
+            check_lease=check_lease,
+            progress=progress,
+        )
         if watermarks:
             check_lease()  # never move a watermark under a run that lost its lease
         for stream, value in watermarks.items():
@@ -186,7 +202,11 @@ class DryRunSink:
         pass
 
     def complete(
-        self, report: RunReport, watermarks: Mapping[str, datetime], check_lease: Callable[[], None]
+        self,
+        report: RunReport,
+        watermarks: Mapping[str, datetime],
+        check_lease: Callable[[], None],
+        progress: DeliveryProgress | None = None,
     ) -> None:
         """The items still pending from earlier runs go out with the next run too: print them."""
         if self.store is None:

@@ -92,6 +92,45 @@ def test_progress_on_a_tty_draws_bars_ending_at_their_count_and_logs_nothing(log
     assert re.search(r" 5/5 ", final[0]) and re.search(r" 7/7 ", final[1])
 
 
+def test_a_log_line_while_bars_are_live_is_printed_above_them_never_on_their_line() -> None:
+    """Bars and log handler share stderr (as in production): a line logged mid-run gets a line of its own above
+    the bars (the bars' Console prints it, as formatted: no markup), and the bars stay last."""
+    terminal = Terminal()
+    logs.configure("text", 0, stream=terminal)
+    log = logs.get_logger("pipeline")
+    progress = Progress(enabled=True, stream=terminal)
+    progress.start("contacts")
+    progress.advance("contacts", 3, 5)
+    progress._bars.refresh()  # drawn now, not at the redraw thread's next tick: the bars end the output
+    log.info("stream read", extra={"fields": {"job": "shop", "note": "[bold]kept as written[/bold]"}})
+    progress.advance("contacts", 2, 5)
+    progress.finish("contacts")
+    progress.close()
+    lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue()).replace("\r", "\n").splitlines()
+    logged = [line for line in lines if "stream read" in line]
+    assert logged and all(
+        re.fullmatch(
+            r"\d\d:\d\d:\d\d info    stream read  job=shop note=\[bold\]kept as written\[/bold\]", line
+        )
+        for line in logged
+    )
+    assert [line.split()[0] for line in lines if "━" in line][-1] == "contacts"
+    assert refresh_threads_end()
+
+
+def test_log_lines_go_through_the_bars_only_while_they_are_live(log_lines: io.StringIO) -> None:
+    """While bars are live a line reaches their terminal, not the handler's stream; after close() it is back."""
+    terminal = Terminal()
+    log = logs.get_logger("pipeline")
+    progress = Progress(enabled=True, stream=terminal)
+    log.warning("while live")
+    progress.close()
+    log.warning("after")
+    assert refresh_threads_end()
+    assert "while live" in terminal.getvalue() and "after" not in terminal.getvalue()
+    assert [json.loads(line)["message"] for line in log_lines.getvalue().splitlines()] == ["after"]
+
+
 # -- summary table ----------------------------------------------------------------------------------
 def test_summary_table_lists_streams_in_flow_order_with_every_column_and_the_totals_line() -> None:
     """Rows in STREAMS order (absent streams left out), numbers right-aligned, "queued" sums both kinds."""
