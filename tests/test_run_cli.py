@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -256,6 +257,37 @@ def test_usage_errors_under_log_format_json_are_json_lines(args: list[str], tmp_
     record = json.loads(line)
     assert (record["level"], record["exit_code"]) == ("error", 2) and record["message"]
     assert not record["message"].startswith("etl: error")
+
+
+def test_an_intercom_nobody_listens_at_is_a_warning_per_retry_then_one_line_naming_base_url(
+    tmp_path: Path,
+) -> None:
+    """A wrong port in intercom.base_url: the run is not silent while it retries (its shortest budget, 10 s), and
+    ends with exit 3 and the setting to check; the token is in no line."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "jobs.yaml"
+    config.write_text(
+        f"database_url: sqlite:///{tmp_path}/state.db\njobs:\n  shop:\n"
+        f"    intercom: {{base_url: 'http://127.0.0.1:{port}', token_env: {IC_ENV}, retry_budget: 10s}}\n"
+        f"    klaviyo: {{base_url: 'http://127.0.0.1:{port}', api_key_env: {KL_ENV}}}\n"
+        "    start_date: 2026-01-01\n"
+    )
+    result = invoke(*TEXT, "--config", str(config), "run")
+    assert result.exit_code == 3
+    *retries, error = result.stderr.splitlines()
+    assert error == (
+        f"etl: error: job shop: Intercom at 127.0.0.1:{port} refused the connection: "
+        "check intercom.base_url in jobs.yaml"
+    )
+    warned = [line for line in retries if " warning Intercom request failed; retrying  " in line]
+    assert len(warned) >= 4  # 0.5 + 1 + 2 + 4 s of backoff fit in 10 s before the last try
+    assert all(
+        f"host=127.0.0.1:{port} request=POST /contacts/search reason=connection refused wait_seconds=" in line
+        for line in warned
+    )
+    assert IC_TOKEN not in result.output and KL_KEY not in result.output
 
 
 class Terminal(io.StringIO):
