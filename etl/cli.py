@@ -29,6 +29,13 @@ from etl.state import StateStore, redact_url
 class EtlGroup(click.Group):
     """Turns every EtlError into its one-line message and exit code; a bug is exit 1 without a traceback."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        if ctx.parent is None:  # the top level: logging is set up before click looks for the command, so an
+            p = ctx.params  # unknown command is a JSON line too under `--log-format json`
+            logs.configure(p["log_format"], _verbosity(p["log_level"], p["verbose"], p["quiet"]))
+        return rest
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -40,14 +47,16 @@ class EtlGroup(click.Group):
             _fail("interrupted", 130)
         except Exception as exc:  # a bug: say so on one line; -v shows the traceback
             obj = ctx.obj if isinstance(ctx.obj, Cli) else None
+            trace = None
             if obj is not None and obj.verbosity > 0:
                 import traceback
 
-                traceback.print_exc()
+                trace = traceback.format_exc()
             _fail(
                 f"unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:300]}); "
                 "this is a bug, please report it (run with -v for the traceback)",
                 1,
+                trace,
             )
 
 
@@ -55,8 +64,8 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"etl: error: {logs.scrub(message)}", err=True)
+def _fail(message: str, code: int, trace: str | None = None) -> NoReturn:
+    click.echo(logs.error_line(message, code, exception=trace), err=True)
     sys.exit(code)
 
 
@@ -97,10 +106,22 @@ def _now() -> datetime:
     type=click.Choice(["text", "json"]),
     help="Log format (default: text on a TTY, else JSON).",
 )
-@click.option("-v", "--verbose", count=True, help="More logging (debug).")
-@click.option("-q", "--quiet", count=True, help="Less logging (warnings only).")
+@click.option(
+    "--log-level",
+    type=click.Choice(list(logs.LOG_LEVELS)),
+    help="Lowest level logged (default: info); below info hides each run's summary. Overrides -v/-q.",
+)
+@click.option("-v", "--verbose", count=True, help="More logging: --log-level debug.")
+@click.option("-q", "--quiet", count=True, help="Less logging: --log-level warning (-qq: error).")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, log_format: str | None, verbose: int, quiet: int) -> None:
+def cli(
+    ctx: click.Context,
+    config: str | None,
+    log_format: str | None,
+    log_level: str | None,
+    verbose: int,
+    quiet: int,
+) -> None:
     """Keep a Klaviyo account in step with an Intercom workspace.
 
     \b
@@ -111,8 +132,12 @@ def cli(ctx: click.Context, config: str | None, log_format: str | None, verbose:
       etl run shop --dry-run         print what would be sent, touch nothing
       etl demo                       the whole job against the built-in sandbox
     """
-    logs.configure(log_format, verbose - quiet)
-    ctx.obj = Cli(config=config, verbosity=verbose - quiet)
+    ctx.obj = Cli(config=config, verbosity=_verbosity(log_level, verbose, quiet))
+
+
+def _verbosity(log_level: str | None, verbose: int, quiet: int) -> int:
+    """--log-level when given, else -v/-q: 1 debug, 0 info, -1 warning, -2 error."""
+    return logs.LOG_LEVELS[log_level] if log_level else verbose - quiet
 
 
 # -- run ---------------------------------------------------------------------------------------------
@@ -131,7 +156,14 @@ def cli(ctx: click.Context, config: str | None, log_format: str | None, verbose:
 )
 @click.option("--streams", metavar="LIST", help="Comma list of streams (default: the job's streams).")
 @click.option(
-    "--metrics-file", metavar="PATH", help="Write Prometheus text metrics here (node_exporter textfile)."
+    "--metrics-file",
+    metavar="PATH",
+    help="Write Prometheus text metrics here (node_exporter textfile); other jobs' series in it are kept.",
+)
+@click.option(
+    "--pushgateway",
+    metavar="URL",
+    help="Push the metrics to this Prometheus Pushgateway (one group per job and mode).",
 )
 @click.pass_obj
 def run(obj: Cli, jobs: tuple[str, ...], **flags: Any) -> None:
@@ -148,7 +180,7 @@ def run(obj: Cli, jobs: tuple[str, ...], **flags: Any) -> None:
     # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so the run is recorded and its lease released
     signal.signal(signal.SIGTERM, _interrupt)
     options = _run_options(**flags)  # the options above, by name
-    code = run_jobs(obj.settings(), list(jobs), options, quiet=obj.verbosity < 0)
+    code = run_jobs(obj.settings(), list(jobs), options, summary=obj.verbosity >= 0)
     sys.exit(code)
 
 
@@ -160,6 +192,7 @@ def _run_options(
     replay: bool,
     streams: str | None,
     metrics_file: str | None,
+    pushgateway: str | None,
 ) -> RunOptions:
     problems: list[str] = []
 
@@ -186,9 +219,13 @@ def _run_options(
         if bad or not names:
             problems.append(f"--streams: expected a comma list of {', '.join(STREAMS)}, got {streams!r}")
         chosen = names
+    from etl.metrics import gateway_problem  # prometheus_client: only when `run` is called
+
+    if pushgateway is not None and (problem := gateway_problem(pushgateway)):
+        problems.append(problem)
     if problems:
         raise ConfigError(problems)
-    return RunOptions(dry_run, output, start, end, replay, chosen, metrics_file)
+    return RunOptions(dry_run, output, start, end, replay, chosen, metrics_file, pushgateway)
 
 
 # -- check -------------------------------------------------------------------------------------------

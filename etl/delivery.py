@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Protocol
 
 from etl import logs
 from etl.klaviyo import DEFAULT_NAMES, KlaviyoClient, Names
@@ -23,6 +24,16 @@ PROFILE_CHUNK = 30_000
 EVENT_CHUNK = 20_000
 
 
+class DeliveryProgress(Protocol):
+    """What delivery reports as it goes (`etl.report.Progress`: a bar on a TTY, log lines off it)."""
+
+    def start_delivery(self, pending: int) -> None: ...
+
+    def delivered(self, items: int) -> None: ...
+
+    def finish_delivery(self) -> None: ...
+
+
 def deliver(
     store: StateStore,
     klaviyo: KlaviyoClient,
@@ -33,9 +44,13 @@ def deliver(
     check_lease: Callable[[], None],
     chunks: tuple[int, int] = (PROFILE_CHUNK, EVENT_CHUNK),
     names: Names = DEFAULT_NAMES,
+    progress: DeliveryProgress | None = None,
 ) -> None:
     """Send the job's pending outbox under `names`: profiles first (events name them), then events; counts go
-    to `report`."""
+    to `report`, items done (accepted or rejected) of those pending at the start to `progress`."""
+    pending = store.pending_count(job) if progress is not None else 0
+    if progress is not None and pending:
+        progress.start_delivery(pending)
     for kind, chunk, send in (
         ("profile", chunks[0], klaviyo.send_profiles),
         ("event", chunks[1], klaviyo.send_events),
@@ -46,9 +61,13 @@ def deliver(
             result = send(items, names)
             store.mark_delivered(result.sent, result.failed, clock())
             report.delivery.add(kind, len(result.sent), len(result.failed))  # type: ignore[arg-type]
+            if progress is not None and pending:
+                progress.delivered(len(items))
             if result.failed:
                 log.warning(
                     "Klaviyo rejected items",
                     extra={"fields": {"job": job, "kind": kind, "rejected": len(result.failed)}},
                 )
             after = items[-1].id
+    if progress is not None and pending:
+        progress.finish_delivery()

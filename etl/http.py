@@ -12,7 +12,9 @@ Policy (docs/design.md §5, §6):
   out a 429 is normal operation and does not grow that backoff;
 - what bounds one request is the time spent retrying it (`retry_budget`, from its first failure): past it
   the caller's error class says what kept failing, for how long, and which setting waits longer;
-- never retry any other 4xx: it is classified into the caller's error class with a one-line message.
+- never retry any other 4xx: it is classified into the caller's error class with a one-line message;
+- every retry is logged (a failure at warning, a 429's wait at info) with the API's host, the request and the
+  reason, never a credential; a connection refused or a host not found to the end says to check `base_url`.
 tenacity drives the loop (retry/stop/wait/sleep hooks); the waits are computed here because tenacity's wait
 strategies count every attempt, 429s included, and its delay-based stops read `time.monotonic`, not `clock`.
 `sleep` and `clock` are injected so tests never patch time.
@@ -20,13 +22,16 @@ strategies count every attempt, 429s included, and its delay-based stops read `t
 
 from __future__ import annotations
 
+import http.client
 import random
+import socket
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import requests
 from tenacity import RetryCallState, Retrying
@@ -41,6 +46,9 @@ MIN_THROTTLE_WAIT = 1.0  # docs/design.md §5: every 429 waits at least this lon
 DEFAULT_THROTTLE_WAIT = 1.0  # a 429 that names no wait: Klaviyo's burst window is 1 s (rate limits guide)
 BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_JITTER = 0.5, 20.0, 0.5  # seconds: 0.5, 1, 2, … 20, plus up to 0.5
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+REFUSED, NOT_FOUND = "connection refused", "host not found"  # reasons that point at a wrong base_url
+
+log = logs.get_logger("http")
 
 
 @dataclass
@@ -153,6 +161,31 @@ def budget_spent(headers: Mapping[str, str]) -> bool:
     return False
 
 
+def connection_failure(exc: BaseException) -> str:
+    """What a `requests.ConnectionError` was, in an operator's words (requests wraps urllib3's error, which
+    wraps the socket's: the cause is found down the chain)."""
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        cause = stack.pop()
+        if not isinstance(cause, BaseException) or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError):
+            return REFUSED
+        if isinstance(cause, socket.gaierror):
+            return NOT_FOUND
+        if isinstance(cause, ConnectionResetError | http.client.RemoteDisconnected):
+            return "connection closed without a reply"
+        stack += [cause.__cause__, cause.__context__, getattr(cause, "reason", None), *cause.args]
+    return "connection error"
+
+
+def host_of(url: str) -> str:
+    """`host:port` of a URL, without any user or password written into it."""
+    return urlsplit(url).netloc.rsplit("@", 1)[-1]
+
+
 def error_detail(response: requests.Response) -> str:
     """A short, single-line description of an error body (Intercom `errors[].message`, JSON:API `detail`)."""
     try:
@@ -187,6 +220,7 @@ class HttpClient:
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         retry_budget: timedelta = DEFAULT_RETRY_BUDGET,
         budget_setting: str = "",  # the jobs.yaml key that raises the budget, for the give-up message
+        base_url_setting: str = "",  # the jobs.yaml key of the URL, for "refused the connection"
         throttle_wait: float = DEFAULT_THROTTLE_WAIT,  # first wait after a 429 that names none
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
@@ -202,6 +236,7 @@ class HttpClient:
         self.timeout = timeout
         self.retry_budget = retry_budget
         self.budget_setting = budget_setting or f"{service.lower()}.retry_budget"
+        self.base_url_setting = base_url_setting or f"{service.lower()}.base_url"
         self.throttle_wait = throttle_wait
         self.sleep = sleep
         self.clock = clock
@@ -280,8 +315,9 @@ class HttpClient:
         def before_sleep(state: RetryCallState) -> None:
             self.stats.retries += 1
             # tenacity's own sleep is our injected `sleep`; count the wait it is about to do
-            if state.next_action is not None:
-                self.stats.waited_seconds += state.next_action.sleep
+            seconds = state.next_action.sleep if state.next_action is not None else 0.0
+            self.stats.waited_seconds += seconds
+            self._log_retry(method, url, retries, seconds)
 
         retrying = Retrying(
             retry=failed, stop=spent, wait=wait, sleep=self.sleep, before_sleep=before_sleep, reraise=True
@@ -291,6 +327,16 @@ class HttpClient:
                 with attempt:
                     return self._send_once(method, url, json, params, data, accept, headers)
         except _Transient as exc:
+            host = host_of(url)
+            if exc.reason == REFUSED:  # nothing listens there: no wait makes that right
+                raise self.error_class(
+                    f"{self.service} at {host} refused the connection: check {self.base_url_setting} in jobs.yaml"
+                ) from None
+            if exc.reason == NOT_FOUND:
+                raise self.error_class(
+                    f"{self.service} host {urlsplit(url).hostname} was not found: "
+                    f"check {self.base_url_setting} in jobs.yaml"
+                ) from None
             raise self.error_class(
                 f"{self.service} kept failing {method} {self._path(url)} for {format_duration(self.retry_budget)} "
                 f"(last: {exc.reason}): try again later; raise {self.budget_setting} to wait longer"
@@ -299,6 +345,23 @@ class HttpClient:
 
     def _path(self, url: str) -> str:
         return url[len(self.base_url) :] if url.startswith(self.base_url) else url
+
+    def _log_retry(self, method: str, url: str, retries: _Retries, wait: float) -> None:
+        """One line per retry, so a failing API is never silent for the length of a retry budget: the host
+        and request (a path holds no credential; scrubbed all the same) and why."""
+        failure = retries.last
+        assert failure is not None and retries.since is not None
+        fields = {
+            "host": host_of(url),
+            "request": logs.scrub(f"{method} {urlsplit(url).path}", self.secrets),
+            "reason": failure.reason,
+            "wait_seconds": round(wait, 1),
+            "failing_for_seconds": round(self.clock() - retries.since, 1),
+        }
+        if failure.throttled:  # waiting out a 429 is normal operation (pacing), not a failure
+            log.info(f"{self.service} throttled the request; waiting", extra={"fields": fields})
+        else:
+            log.warning(f"{self.service} request failed; retrying", extra={"fields": fields})
 
     def _send_once(
         self,
@@ -318,8 +381,8 @@ class HttpClient:
             )
         except requests.Timeout:
             raise _Transient("timeout") from None
-        except requests.ConnectionError:
-            raise _Transient("connection error") from None
+        except requests.ConnectionError as exc:
+            raise _Transient(connection_failure(exc)) from None
         except requests.RequestException as exc:
             raise self.error_class(
                 f"{self.service} request failed: {logs.scrub(type(exc).__name__, self.secrets)}"

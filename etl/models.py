@@ -145,11 +145,16 @@ class RunOptions:
     until: datetime | None = None
     replay: bool = False
     streams: tuple[str, ...] | None = None
-    metrics_file: str | None = None
+    metrics_file: str | None = None  # Prometheus text file (node_exporter's textfile collector)
+    pushgateway: str | None = None  # Pushgateway URL the metrics are pushed to
 
     @property
     def backfill(self) -> bool:
         return self.since is not None
+
+    @property
+    def mode(self) -> RunMode:
+        return "dry-run" if self.dry_run else "backfill" if self.backfill else "incremental"
 
 
 @dataclass

@@ -88,8 +88,8 @@ class JobRun:
     ) -> None:
         self.job, self.options, self.clock, self.services = job, options, clock, services
         self.progress = progress or Progress(enabled=False)
-        self.mode = "dry-run" if options.dry_run else "backfill" if options.backfill else "incremental"
-        self.report = RunReport(job.name, self.mode)  # type: ignore[arg-type]
+        self.mode = options.mode
+        self.report = RunReport(job.name, self.mode)
         self.started = clock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.sink = services.sink(job.name, options, sink, clock, Names(job.metric_names, job.property_names))
@@ -116,7 +116,7 @@ class JobRun:
                 log.info("run started", extra={"fields": self._fields(windows=len(plan.windows))})
                 for window in plan.windows:
                     self.read_stream(window)
-                self.sink.complete(self.report, self.watermarks(plan), check_lease)
+                self.sink.complete(self.report, self.watermarks(plan), check_lease, self.progress)
                 self.finish("succeeded" if not self.rejected else "rejected", None)
             except EtlError as exc:
                 self.finish("failed", str(exc))

@@ -1,5 +1,5 @@
-"""What a run shows and leaves behind: progress (bars on a TTY, JSON log lines off it), the summary table,
-and the Prometheus textfile for node_exporter."""
+"""What a run shows: progress (bars on a TTY, JSON log lines off it) and the summary table (its metrics:
+`etl.metrics`)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,24 @@ from etl.models import STREAMS, RunReport
 
 log = logs.get_logger("progress")
 LOG_EVERY_SECONDS = 10.0  # off a TTY: one progress line per stream at most this often
+DELIVERY = "delivery"  # the bar of the outbox going to Klaviyo, below the streams' bars
 
 
 class Progress:
-    """Per-stream progress: rich bars on a TTY (total from Intercom's total_count), periodic log lines otherwise."""
+    """Per-stream progress, then delivery's: rich bars on a TTY (a stream's total from Intercom's total_count,
+    delivery's from the pending outbox), periodic log lines otherwise.
+
+    While the bars are live, every `etl` log line goes through their Console (`logs.divert`), which prints it
+    above the bars: written straight to the terminal it would land on the bars' line, and each redraw would
+    copy the bars into the scrollback.
+    """
 
     def __init__(self, *, enabled: bool, stream: TextIO | None = None, clock: Any = time.monotonic) -> None:
         self.enabled = enabled
         self.clock = clock
         self.counts: dict[str, int] = {}
         self.last_log: dict[str, float] = {}
+        self.pending = 0  # delivery's total: the items pending when it started
         self._bars: Any = None
         self._tasks: dict[str, Any] = {}
         if enabled:
@@ -30,21 +38,26 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as Bars
 
+            console = Console(file=stream or sys.stderr)
             self._bars = Bars(
                 TextColumn("{task.description:>14}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=Console(file=stream or sys.stderr),
+                console=console,
                 transient=False,
             )
             self._bars.start()
+            # markup and highlighting off: a log line is printed as it was formatted, brackets and all
+            logs.divert(
+                lambda line: console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+            )
 
-    def start(self, stream: str) -> None:
+    def start(self, stream: str, total: int | None = None) -> None:
         self.counts[stream] = 0
         self.last_log[stream] = self.clock()
         if self._bars is not None:
-            self._tasks[stream] = self._bars.add_task(stream, total=None)
+            self._tasks[stream] = self._bars.add_task(stream, total=total)
 
     def advance(self, stream: str, objects: int, total: int | None) -> None:
         self.counts[stream] = self.counts.get(stream, 0) + objects
@@ -62,9 +75,32 @@ class Progress:
             task = self._tasks[stream]
             self._bars.update(task, total=self.counts.get(stream, 0), completed=self.counts.get(stream, 0))
 
+    # -- delivery (etl.delivery.DeliveryProgress) ----------------------------------------------------------
+    def start_delivery(self, pending: int) -> None:
+        self.pending = pending
+        self.start(DELIVERY, total=pending)
+
+    def delivered(self, items: int) -> None:
+        """`items` more were sent to Klaviyo (accepted or rejected)."""
+        if self._bars is not None:
+            self.advance(DELIVERY, items, max(self.pending, self.counts.get(DELIVERY, 0) + items))
+            return
+        self.counts[DELIVERY] = self.counts.get(DELIVERY, 0) + items
+        if self.clock() - self.last_log.get(DELIVERY, 0.0) >= LOG_EVERY_SECONDS:
+            self.last_log[DELIVERY] = self.clock()
+            log.info(
+                "delivery progress",
+                extra={"fields": {"items": self.counts[DELIVERY], "pending": self.pending}},
+            )
+
+    def finish_delivery(self) -> None:
+        self.finish(DELIVERY)
+
     def close(self) -> None:
         if self._bars is not None:
             self._bars.stop()
+            self._bars = None
+            logs.divert(None)
 
 
 # (header, count keys summed) of the summary table; "queued" are new outbox rows (the rest were there already)
@@ -118,39 +154,10 @@ def summary_table(report: RunReport) -> str:
     return "\n".join(lines)
 
 
-def write_metrics(path: str, results: Sequence[tuple[RunReport, int]], store: Any) -> None:
-    """Prometheus text format for node_exporter's textfile collector, written atomically."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-
-    registry = CollectorRegistry()
-    last_success = Gauge(
-        "etl_last_success_timestamp_seconds",
-        "End of the job's last successful run",
-        ["job"],
-        registry=registry,
-    )
-    duration = Gauge(
-        "etl_run_duration_seconds", "Duration of the job's latest run", ["job"], registry=registry
-    )
-    objects = Gauge("etl_objects", "Objects read by the latest run", ["job", "stream"], registry=registry)
-    events = Gauge("etl_events", "Events queued by the latest run", ["job", "metric"], registry=registry)
-    failed = Gauge("etl_run_failed", "1 when the job's latest run failed", ["job"], registry=registry)
-    rejected = Gauge(
-        "etl_items_rejected", "Items Klaviyo rejected in the latest run", ["job"], registry=registry
-    )
-    for report, code in results:
-        ok = store.last_run(report.job, "incremental", "succeeded")
-        if ok is not None and ok.finished_at is not None:
-            last_success.labels(report.job).set(ok.finished_at.timestamp())
-        # any exit but 0 and 6 (finished, some items rejected) is a failed run, also before it was recorded
-        failed.labels(report.job).set(0 if code in (0, 6) else 1)
-        duration.labels(report.job).set(report.duration_ms / 1000)
-        rejected.labels(report.job).set(report.delivery.failed)
-        for stream in STREAMS:
-            counts = report.streams.get(stream, {})
-            if counts:
-                objects.labels(report.job, stream).set(counts.get("objects", 0))
-            for key, n in counts.items():
-                if key.startswith("events:"):
-                    events.labels(report.job, key.split(":", 1)[1]).inc(n)
-    write_to_textfile(path, registry)
+def summary(report: RunReport) -> str:
+    """A run's summary as stderr shows it: the table, or in JSON mode one log line `run summary` with the
+    job, mode and the counts the run history stores (`etl runs --json` shows the same)."""
+    if logs.json_mode():
+        fields = {"job": report.job, "mode": report.mode, "counts": report.counts}
+        return logs.json_line("info", "run summary", fields, logger="etl.runner")
+    return summary_table(report)

@@ -16,9 +16,11 @@ from etl.errors import EtlError, ItemsRejected, UsageError, worst_exit_code
 from etl.events import METRICS
 from etl.intercom import IntercomClient
 from etl.klaviyo import API_CATEGORY, KlaviyoClient, Metric
+from etl.metrics import check_metrics_file, push_metrics, write_metrics
 from etl.models import RunOptions, RunReport
 from etl.pipeline import JobRun, Services
-from etl.report import Progress, summary_table, write_metrics
+from etl.report import Progress
+from etl.report import summary as summary_of
 from etl.state import StateStore
 
 log = logs.get_logger("runner")
@@ -70,16 +72,18 @@ def run_jobs(
     options: RunOptions,
     *,
     stderr: TextIO | None = None,
-    quiet: bool = False,
+    summary: bool = True,
 ) -> int:
     """Run the named jobs (all when none) in order; one job's failure does not stop the others.
 
-    Returns the worst exit code. Each failure is printed as one line `etl: error: job X: …`. `quiet` (`-q`)
-    leaves out the summary table of a job that succeeded, so cron, which mails whatever a job prints, mails
-    only trouble (docs/design.md §3.1).
+    Returns the worst exit code. Each failure is printed as one line `etl: error: job X: …` (a JSON line in
+    JSON mode); each job's summary too unless `summary` is off (-q: cron mails whatever is printed), but a job with
+    rejected items keeps it (docs/design.md §3.1).
     """
     stderr = stderr or sys.stderr
     jobs = settings.select(names)
+    if options.metrics_file and not options.dry_run:
+        check_metrics_file(options.metrics_file)  # a path it could not write fails now, before any work
     store = open_store(settings.database_url, dry_run=options.dry_run)
     sink_cm: Any = nullcontext(sys.stdout)
     if options.dry_run and options.output:
@@ -90,27 +94,45 @@ def run_jobs(
                 store.close()
             raise UsageError(f"--output: cannot write {options.output}: {exc.strerror or exc}") from None
     results: list[tuple[RunReport, int]] = []
-    codes: list[int] = []
+    problems: list[str] = []
     try:
         with sink_cm as sink:
             for job in jobs:
-                results.append(_run_one(job, store, options, sink, stderr, quiet))
+                results.append(_run_one(job, store, options, sink, stderr, summary))
     finally:
         if store is not None:
-            if options.metrics_file and not options.dry_run:
-                try:
-                    write_metrics(options.metrics_file, results, store)
-                except OSError as exc:  # the operator's path, not a bug: one line, exit 2
-                    stderr.write(
-                        f"etl: error: --metrics-file: cannot write {options.metrics_file}: {exc.strerror or exc}\n"
-                    )
-                    codes.append(UsageError.exit_code)
+            if not options.dry_run:
+                problems = publish_metrics(options, results, store)
             store.close()
-    return worst_exit_code([code for _, code in results] + codes)
+    for problem in problems:
+        stderr.write(logs.error_line(problem, UsageError.exit_code) + "\n")
+    code = worst_exit_code([code for _, code in results])
+    # metrics that could not be written make a successful run exit 2; a failed run keeps its own code
+    return UsageError.exit_code if problems and code == 0 else code
+
+
+def publish_metrics(
+    options: RunOptions, results: list[tuple[RunReport, int]], store: StateStore
+) -> list[str]:
+    """Write the metrics file and push to the Pushgateway, as asked; one message per failure."""
+    problems = []
+    if options.metrics_file:
+        try:
+            write_metrics(options.metrics_file, results, store)
+        except OSError as exc:  # checked before the run, so the folder went away meanwhile
+            problems.append(f"--metrics-file: cannot write {options.metrics_file}: {exc.strerror or exc}")
+    if options.pushgateway:
+        problems += push_metrics(options.pushgateway, results, store)
+    return problems
 
 
 def _run_one(
-    job: JobSettings, store: StateStore | None, options: RunOptions, sink: TextIO, stderr: TextIO, quiet: bool
+    job: JobSettings,
+    store: StateStore | None,
+    options: RunOptions,
+    sink: TextIO,
+    stderr: TextIO,
+    summary: bool,
 ) -> tuple[RunReport, int]:
     """One job for run_jobs: its report and exit code; every failure is one line on stderr, never a raise."""
     services: Services | None = None
@@ -122,29 +144,27 @@ def _run_one(
             job, options, services, sink=sink, progress=Progress(enabled=stderr.isatty(), stream=stderr)
         )
         report = job_run.execute()
-        if job_run.rejected or not quiet:  # quiet: rejected items still come with their run's summary
-            stderr.write(summary_table(report) + "\n")
+        if summary or job_run.rejected:  # -q: rejected items still come with their run's summary
+            stderr.write(summary_of(report) + "\n")
         if job_run.rejected:
             rejected = ItemsRejected(
                 f"Klaviyo rejected {job_run.rejected} item(s); see `etl outbox {job.name} --status failed`"
             )
-            stderr.write(f"etl: error: job {job.name}: {rejected}\n")
+            stderr.write(logs.error_line(str(rejected), rejected.exit_code, job=job.name) + "\n")
             code = rejected.exit_code
         return report, code
     except EtlError as exc:
-        stderr.write(f"etl: error: job {job.name}: {logs.scrub(str(exc))}\n")
+        stderr.write(logs.error_line(str(exc), exc.exit_code, job=job.name) + "\n")
         code = exc.exit_code
     except Exception as exc:  # a bug in one job must not keep the others from running
         log.exception("unexpected error", extra={"fields": {"job": job.name}})
-        stderr.write(
-            f"etl: error: job {job.name}: unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:200]}); "
-            "this is a bug, please report it\n"
-        )
+        message = f"unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:200]}); this is a bug, please report it"
+        stderr.write(logs.error_line(message, 1, job=job.name) + "\n")
         code = 1
     finally:
         if services is not None:
             services.close()
-    return (job_run.report if job_run is not None else RunReport(job.name, "incremental")), code
+    return (job_run.report if job_run is not None else RunReport(job.name, options.mode)), code
 
 
 def check_online(job: JobSettings) -> list[str]:

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TextIO
 
 from etl import logs
-from etl.delivery import deliver
+from etl.delivery import DeliveryProgress, deliver
 from etl.errors import EtlError
 from etl.klaviyo import DEFAULT_NAMES, KlaviyoClient, Names, rename
 from etl.lease import LeaseKeeper
@@ -63,7 +63,11 @@ class Sink(Protocol):
     def save_window(self, window: dict[str, Any]) -> None: ...
 
     def complete(
-        self, report: RunReport, watermarks: Mapping[str, datetime], check_lease: Callable[[], None]
+        self,
+        report: RunReport,
+        watermarks: Mapping[str, datetime],
+        check_lease: Callable[[], None],
+        progress: DeliveryProgress | None = None,
     ) -> None:
         """After reading: deliver and move these watermarks (a real run), or print the backlog (dry-run)."""
         ...
@@ -115,7 +119,11 @@ class OutboxSink:
             self.store.update_run(self.run_id, window=window)
 
     def complete(
-        self, report: RunReport, watermarks: Mapping[str, datetime], check_lease: Callable[[], None]
+        self,
+        report: RunReport,
+        watermarks: Mapping[str, datetime],
+        check_lease: Callable[[], None],
+        progress: DeliveryProgress | None = None,
     ) -> None:
         deliver(
             self.store,
@@ -125,6 +133,7 @@ class OutboxSink:
             clock=self.clock,
             check_lease=check_lease,
             names=self.names,
+            progress=progress,
         )
         if watermarks:
             check_lease()  # never move a watermark under a run that lost its lease
@@ -206,7 +215,11 @@ class DryRunSink:
         pass
 
     def complete(
-        self, report: RunReport, watermarks: Mapping[str, datetime], check_lease: Callable[[], None]
+        self,
+        report: RunReport,
+        watermarks: Mapping[str, datetime],
+        check_lease: Callable[[], None],
+        progress: DeliveryProgress | None = None,
     ) -> None:
         """The items still pending from earlier runs go out with the next run too: print them."""
         if self.store is None:

@@ -272,6 +272,12 @@ class StateStore(Migrations):
         """Outbox items per status of one job."""
         return self._count_by(outbox, outbox.c.status, job)
 
+    def pending_count(self, job: str) -> int:
+        """The job's pending items (read from ix_outbox_job_status_id: sent items are not counted through)."""
+        query = sa.select(sa.func.count()).where(outbox.c.job == job, outbox.c.status == "pending")
+        with self.transaction() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def retry_failed(self, job: str) -> int:
         """Re-queue the job's failed items; returns how many."""
         with self.transaction() as conn:

@@ -1,15 +1,28 @@
-"""Shared fixtures: state databases on SQLite and PostgreSQL."""
+"""Shared fixtures: state databases on SQLite and PostgreSQL; the `etl` logger put back after every test."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
 
+from etl import logs
 from etl.state import StateStore
 from tests.pg import fresh_database, throwaway_server
+
+
+@pytest.fixture(autouse=True)
+def restore_etl_logger() -> Iterator[None]:
+    """The CLI points the `etl` logger at its stderr, in JSON or text: whatever a test configured must not
+    decide the format of the next test's lines (`logs.json_mode` reads the handler)."""
+    logger = logging.getLogger(logs.LOGGER_NAME)
+    saved = logger.handlers[:], logger.propagate, logger.level
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from tests.run_fixtures import (
 def check(config: Path, **env: str) -> Result:
     return CliRunner().invoke(
         cli,
-        ["--config", str(config), "check", "--online"],
+        ["--log-format", "text", "--config", str(config), "check", "--online"],
         env={IC_ENV: IC_TOKEN, KL_ENV: KL_KEY, "ETL_DATABASE_URL": "", **env},
     )
 

@@ -32,8 +32,12 @@ def config(tmp_path: Path, db_url: str) -> Path:
     return path
 
 
+# CliRunner's stderr is no terminal, so logs and error lines would be JSON: these tests read the text ones
+TEXT = ("--log-format", "text")
+
+
 def invoke(*args: str, env: dict[str, str] | None = None):
-    return CliRunner().invoke(cli, list(args), env={"ETL_DATABASE_URL": "", **(env or {})})
+    return CliRunner().invoke(cli, [*TEXT, *args], env={"ETL_DATABASE_URL": "", **(env or {})})
 
 
 def test_check_names_missing_env_vars_with_exit_2() -> None:
@@ -83,7 +87,7 @@ def test_five_mistakes_one_line_exit_2_no_traceback(tmp_path: Path) -> None:
         "    klaviyo: {}\n    start_date: someday\n    lookback: 15 mins\n    colour: blue\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "etl", "--config", str(bad), "check"],
+        [sys.executable, "-m", "etl", *TEXT, "--config", str(bad), "check"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -230,7 +234,7 @@ def test_help_lists_every_command() -> None:
 )
 def test_usage_errors_are_one_line_with_exit_2(args: list[str], expected: str) -> None:
     """Click's usage errors come out as one line naming the help to read (real process)."""
-    proc = subprocess.run([sys.executable, "-m", "etl", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "etl", *TEXT, *args], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == expected
 
@@ -270,14 +274,25 @@ def test_outbox_is_a_group_whose_default_lists(tmp_path: Path, db_url: str) -> N
     retry_help = invoke("outbox", "retry", "--help")
     assert retry_help.exit_code == 0 and retry_help.stdout.startswith("Usage: cli outbox retry [OPTIONS] JOB")
     stray = subprocess.run(
-        [sys.executable, "-m", "etl", "--config", str(config), "outbox", "prune", "--older-than", "3d"],
+        [
+            sys.executable,
+            "-m",
+            "etl",
+            *TEXT,
+            "--config",
+            str(config),
+            "outbox",
+            "prune",
+            "--older-than",
+            "3d",
+        ],
         capture_output=True,
         text=True,
     )
     assert stray.returncode == 2
     assert stray.stderr.strip() == "etl: error: Missing argument 'JOB'. (see `etl outbox prune --help`)"
     ignored = subprocess.run(
-        [sys.executable, "-m", "etl", "--config", str(config), "outbox", "--older-than", "3d"],
+        [sys.executable, "-m", "etl", *TEXT, "--config", str(config), "outbox", "--older-than", "3d"],
         capture_output=True,
         text=True,
     )

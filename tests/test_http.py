@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
+import socket
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import requests
@@ -210,3 +214,116 @@ def test_a_request_failing_for_the_whole_default_budget_gives_up_after_10_minute
     assert caught.value.exit_code == 3
     assert fake.waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0] + [20.0] * 28 + [8.5]  # 600 s in all
     assert fake.now - NOW == 600.0 and http.stats.calls == 36
+
+
+# -- what a retry says ----------------------------------------------------------------------------------
+@pytest.fixture
+def log_lines() -> io.StringIO:
+    """The `etl` logger's JSON lines, at info (conftest puts the logger back afterwards)."""
+    buffer = io.StringIO()
+    logs.configure("json", 0, stream=buffer)
+    return buffer
+
+
+def records(buffer: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_refused_connection_logs_each_retry_and_ends_saying_to_check_base_url(
+    log_lines: io.StringIO,
+) -> None:
+    """Nothing listens at base_url: every retry is a warning naming the host, the request and the reason (never the
+    token), the backoff is the policy's own, and the end says which setting to check."""
+    port = closed_port()
+    fake = FakeTime(NOW)
+    http = _intercom_http(
+        f"http://127.0.0.1:{port}", "tok-SECRET-c0ffee", fake, retry_budget=timedelta(seconds=5)
+    )
+    with pytest.raises(IntercomError) as caught:
+        http.request("POST", "/contacts/search", json={"query": {}})
+    http.close()
+    assert str(caught.value) == (
+        f"Intercom at 127.0.0.1:{port} refused the connection: check intercom.base_url in jobs.yaml"
+    )
+    assert caught.value.exit_code == 3
+    assert fake.waits == [0.5, 1.0, 2.0, 1.5]  # the budget's 5 s, backing off as before
+    lines = records(log_lines)
+    assert [(r["level"], r["logger"], r["message"]) for r in lines] == [
+        ("warning", "etl.http", "Intercom request failed; retrying")
+    ] * 4
+    assert [(r["host"], r["request"], r["reason"]) for r in lines] == [
+        (f"127.0.0.1:{port}", "POST /contacts/search", "connection refused")
+    ] * 4
+    assert [r["wait_seconds"] for r in lines] == fake.waits
+    assert [r["failing_for_seconds"] for r in lines] == [0.0, 0.5, 1.5, 3.5]
+    assert "SECRET" not in log_lines.getvalue()
+
+
+class NoSuchHost(requests.Session):
+    """A session whose every request fails as a name lookup does for a host that does not exist."""
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        raise requests.ConnectionError(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+
+
+def test_a_host_that_does_not_exist_ends_saying_to_check_base_url() -> None:
+    """A name that does not resolve is retried like any connection error, then named with the setting to fix."""
+    fake = FakeTime(NOW)
+    http = _intercom_http(
+        "https://api.intercom.example", "tok", fake, retry_budget=timedelta(seconds=2), session=NoSuchHost()
+    )
+    with pytest.raises(IntercomError) as caught:
+        http.request("GET", "/admins")
+    assert str(caught.value) == (
+        "Intercom host api.intercom.example was not found: check intercom.base_url in jobs.yaml"
+    )
+    assert fake.waits == [0.5, 1.0, 0.5]
+
+
+def test_a_connection_closed_without_a_reply_is_retried_and_named_in_the_give_up_message(
+    log_lines: io.StringIO,
+) -> None:
+    """The sandbox hangs up without answering: warnings say so, and the end keeps "try again later"."""
+    fake = FakeTime(NOW)
+    with sandbox(clock=fake.clock) as sb:
+        http = _intercom_http(sb.url, sb.token, fake, retry_budget=timedelta(seconds=2))
+        sb.faults.reset_rate = 1.0
+        with pytest.raises(IntercomError) as caught:
+            http.request("GET", "/tags")
+        http.close()
+    assert str(caught.value) == (
+        "Intercom kept failing GET /tags for 2s (last: connection closed without a reply): try again later; "
+        "raise intercom.retry_budget to wait longer"
+    )
+    assert {r["reason"] for r in records(log_lines)} == {"connection closed without a reply"}
+
+
+def test_waiting_out_a_429_is_logged_at_info_a_5xx_at_warning(log_lines: io.StringIO) -> None:
+    """A 429 is pacing, not a failure (info, reason HTTP 429); a 503 is a failure (warning); the host is named."""
+    fake = FakeTime(NOW)
+    with sandbox(clock=fake.clock) as sb:
+        http = _intercom_http(sb.url, sb.token, fake)
+        sb.faults.storm_requests = 1
+        assert http.request("GET", "/tags").status == 200
+        sb.faults.error_rate = 1.0
+        sb.faults.storm_requests = 0
+        with pytest.raises(IntercomError):
+            http.request("GET", "/tags")
+        http.close()
+    lines = records(log_lines)
+    host = sb.url.removeprefix("http://")
+    assert (lines[0]["level"], lines[0]["message"], lines[0]["reason"], lines[0]["host"]) == (
+        "info",
+        "Intercom throttled the request; waiting",
+        "HTTP 429",
+        host,
+    )
+    assert {(r["level"], r["reason"]) for r in lines[1:]} == {("warning", "HTTP 503")}
+    assert len(lines) == http.stats.retries  # one line per retry, the 429's included

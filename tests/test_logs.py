@@ -100,17 +100,62 @@ def test_configure_picks_text_on_a_terminal_and_json_elsewhere_unless_told() -> 
 
 @pytest.mark.parametrize(
     ("verbosity", "shown"),
-    [(-1, ["warning"]), (0, ["info", "warning"]), (1, ["debug", "info", "warning"])],
+    [
+        (-2, ["error"]),
+        (-1, ["warning", "error"]),
+        (0, ["info", "warning", "error"]),
+        (1, ["debug", "info", "warning", "error"]),
+    ],
 )
 def test_verbosity_sets_the_lowest_level_shown(verbosity: int, shown: list[str]) -> None:
-    """-q shows warnings and worse, the default adds info, -v adds debug."""
+    """-qq (--log-level error) shows errors, -q warnings and worse, the default adds info, -v adds debug."""
     buffer = io.StringIO()
     logs.configure("json", verbosity, stream=buffer)
     log = logs.get_logger("runner")
     log.debug("d")
     log.info("i")
     log.warning("w")
+    log.error("e")
     assert [json.loads(line)["level"] for line in buffer.getvalue().splitlines()] == shown
+    assert logs.LOG_LEVELS == {"debug": 1, "info": 0, "warning": -1, "error": -2}
+
+
+def test_an_error_line_is_text_or_a_json_log_line_with_its_exit_code() -> None:
+    """`etl: error: job X: …` in text; in JSON mode level error, the message alone, exit_code and job; scrubbed."""
+    logs.register_secret(SECRET)
+    message = f"Intercom rejected the token {SECRET} (401)"
+    assert not logs.json_mode()  # never configured: the library on its own prints text
+    assert (
+        logs.error_line(message, 3, job="shop")
+        == "etl: error: job shop: Intercom rejected the token *** (401)"
+    )
+    assert logs.error_line("interrupted", 130) == "etl: error: interrupted"
+    logs.configure("json", 0, stream=io.StringIO())
+    assert logs.json_mode()
+    line = json.loads(logs.error_line(message, 3, job="shop"))
+    assert {k: v for k, v in line.items() if k != "ts"} == {
+        "level": "error",
+        "logger": "etl",
+        "message": "Intercom rejected the token *** (401)",
+        "exit_code": 3,
+        "job": "shop",
+    }
+    assert "job" not in json.loads(logs.error_line("interrupted", 130))
+    logs.configure("text", 0, stream=io.StringIO())
+    assert not logs.json_mode()
+
+
+def test_a_bugs_traceback_goes_above_the_text_line_and_into_the_json_line() -> None:
+    """With -v a bug's traceback is printed: text above the error line, JSON as its `exception` key."""
+    trace = f"Traceback (most recent call last):\n  ...\nValueError: {SECRET}\n"
+    logs.register_secret(SECRET)
+    logs.configure("text", 1, stream=io.StringIO())
+    assert logs.error_line("unexpected error", 1, exception=trace) == (
+        "Traceback (most recent call last):\n  ...\nValueError: ***\netl: error: unexpected error"
+    )
+    logs.configure("json", 1, stream=io.StringIO())
+    (line,) = logs.error_line("unexpected error", 1, exception=trace).splitlines()
+    assert json.loads(line)["exception"] == "Traceback (most recent call last):\n  ...\nValueError: ***"
 
 
 def test_configure_twice_replaces_the_handler_and_keeps_records_off_the_root_logger(

@@ -88,7 +88,10 @@ def test_dry_run_writes_nothing_and_prints_exactly_what_a_real_run_queues(
             assert lines and all(sorted(line) == ["job", "kind", "payload", "unique_id"] for line in lines)
             assert {line["job"] for line in lines} == {"shop"}
             assert {line["kind"] for line in lines} == ({"event", "profile"} if step == 0 else {"event"})
-            assert "job shop (dry-run)" in stderr.getvalue()
+            (summary,) = [
+                json.loads(line) for line in stderr.getvalue().splitlines()
+            ]  # JSON mode: a JSON line
+            assert (summary["message"], summary["job"], summary["mode"]) == ("run summary", "shop", "dry-run")
             for text in (output.read_text(), stderr.getvalue(), log_lines.getvalue()):
                 assert IC_TOKEN not in text and KL_KEY not in text
 

@@ -153,7 +153,7 @@ def test_a_rejected_profile_exits_6_is_failed_with_klaviyos_error_and_retry_requ
             settings(db_url, boxes.job()), [], RunOptions(metrics_file=str(metrics)), stderr=stderr
         )
         assert code == 6
-        assert 'etl_items_rejected{job="shop"} 1.0\n' in metrics.read_text()
+        assert 'etl_items_rejected{job="shop",mode="incremental"} 1.0\n' in metrics.read_text()
         assert stderr.getvalue().splitlines()[-1] == (
             "etl: error: job shop: Klaviyo rejected 1 item(s); see `etl outbox shop --status failed`"
         )

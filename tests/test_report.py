@@ -1,4 +1,4 @@
-"""etl/report.py: progress (bars on a TTY, throttled log lines off it), the summary table, the metrics file."""
+"""etl/report.py: progress (bars on a TTY, throttled log lines off it) and the summary table."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from etl import logs
 from etl.models import ApiCounts, DeliveryCounts, RunReport
-from etl.report import LOG_EVERY_SECONDS, Progress, render_table, summary_table, write_metrics
-from etl.state import StateStore
+from etl.report import LOG_EVERY_SECONDS, Progress, render_table, summary_table
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -95,6 +92,45 @@ def test_progress_on_a_tty_draws_bars_ending_at_their_count_and_logs_nothing(log
     assert re.search(r" 5/5 ", final[0]) and re.search(r" 7/7 ", final[1])
 
 
+def test_a_log_line_while_bars_are_live_is_printed_above_them_never_on_their_line() -> None:
+    """Bars and log handler share stderr (as in production): a line logged mid-run gets a line of its own above
+    the bars (the bars' Console prints it, as formatted: no markup), and the bars stay last."""
+    terminal = Terminal()
+    logs.configure("text", 0, stream=terminal)
+    log = logs.get_logger("pipeline")
+    progress = Progress(enabled=True, stream=terminal)
+    progress.start("contacts")
+    progress.advance("contacts", 3, 5)
+    progress._bars.refresh()  # drawn now, not at the redraw thread's next tick: the bars end the output
+    log.info("stream read", extra={"fields": {"job": "shop", "note": "[bold]kept as written[/bold]"}})
+    progress.advance("contacts", 2, 5)
+    progress.finish("contacts")
+    progress.close()
+    lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue()).replace("\r", "\n").splitlines()
+    logged = [line for line in lines if "stream read" in line]
+    assert logged and all(
+        re.fullmatch(
+            r"\d\d:\d\d:\d\d info    stream read  job=shop note=\[bold\]kept as written\[/bold\]", line
+        )
+        for line in logged
+    )
+    assert [line.split()[0] for line in lines if "━" in line][-1] == "contacts"
+    assert refresh_threads_end()
+
+
+def test_log_lines_go_through_the_bars_only_while_they_are_live(log_lines: io.StringIO) -> None:
+    """While bars are live a line reaches their terminal, not the handler's stream; after close() it is back."""
+    terminal = Terminal()
+    log = logs.get_logger("pipeline")
+    progress = Progress(enabled=True, stream=terminal)
+    log.warning("while live")
+    progress.close()
+    log.warning("after")
+    assert refresh_threads_end()
+    assert "while live" in terminal.getvalue() and "after" not in terminal.getvalue()
+    assert [json.loads(line)["message"] for line in log_lines.getvalue().splitlines()] == ["after"]
+
+
 # -- summary table ----------------------------------------------------------------------------------
 def test_summary_table_lists_streams_in_flow_order_with_every_column_and_the_totals_line() -> None:
     """Rows in STREAMS order (absent streams left out), numbers right-aligned, "queued" sums both kinds."""
@@ -151,71 +187,3 @@ def test_render_table_pads_columns_to_their_widest_cell_and_leaves_no_trailing_b
     )
     assert render_table(["stream", "pages"], [], right_align_from=1) == "stream  pages"
     assert render_table(["note"], [[""]], indent="  ") == "  note\n"  # a blank row stays blank, unindented
-
-
-# -- metrics file -----------------------------------------------------------------------------------
-def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus text file, parsed by prometheus_client: (name, labels) → value."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(path.read_text())
-        for s in family.samples
-    }
-
-
-def test_metrics_file_holds_each_jobs_latest_run_for_node_exporter(tmp_path: Path) -> None:
-    """Per job: last success (from the runs table), duration, failure flag, rejected items, objects and events."""
-    store = StateStore(f"sqlite:///{tmp_path}/state.db")
-    store.upgrade()
-    run_id = store.start_run("shop", "incremental", {}, T0)
-    store.update_run(run_id, status="succeeded", finished_at=T0 + timedelta(seconds=90))
-    store.start_run("shop", "backfill", {}, T0)  # a backfill is no "last success" of the schedule
-    shop = RunReport(
-        "shop",
-        "incremental",
-        streams={
-            "contacts": {"objects": 30, "profiles": 26},
-            "conversations": {
-                "objects": 12,
-                "events:Replied to Conversation": 4,
-                "events:Rated Conversation": 1,
-            },
-            "tickets": {"objects": 5, "events:Replied to Conversation": 2},  # same metric name: summed
-        },
-        delivery=DeliveryCounts(events_failed=1, profiles_failed=2, events_sent=6),
-        duration_ms=2500,
-    )
-    broken = RunReport("eu", "incremental")  # failed before it read anything or was ever recorded
-    rejected = RunReport("us", "incremental", delivery=DeliveryCounts(events_failed=3), duration_ms=40)
-    path = tmp_path / "etl.prom"
-    write_metrics(str(path), [(shop, 0), (broken, 1), (rejected, 6)], store)
-    store.close()
-    assert samples(path) == {
-        ("etl_last_success_timestamp_seconds", (("job", "shop"),)): (T0 + timedelta(seconds=90)).timestamp(),
-        ("etl_run_duration_seconds", (("job", "shop"),)): 2.5,
-        ("etl_run_duration_seconds", (("job", "eu"),)): 0.0,
-        ("etl_run_duration_seconds", (("job", "us"),)): 0.04,
-        ("etl_run_failed", (("job", "shop"),)): 0.0,
-        ("etl_run_failed", (("job", "eu"),)): 1.0,
-        ("etl_run_failed", (("job", "us"),)): 0.0,  # exit 6: finished, some items rejected
-        ("etl_items_rejected", (("job", "shop"),)): 3.0,
-        ("etl_items_rejected", (("job", "eu"),)): 0.0,
-        ("etl_items_rejected", (("job", "us"),)): 3.0,
-        ("etl_objects", (("job", "shop"), ("stream", "contacts"))): 30.0,
-        ("etl_objects", (("job", "shop"), ("stream", "conversations"))): 12.0,
-        ("etl_objects", (("job", "shop"), ("stream", "tickets"))): 5.0,
-        ("etl_events", (("job", "shop"), ("metric", "Replied to Conversation"))): 6.0,
-        ("etl_events", (("job", "shop"), ("metric", "Rated Conversation"))): 1.0,
-    }
-    assert [p.name for p in tmp_path.iterdir() if p.name != "state.db"] == ["etl.prom"]  # no temp file left
-
-
-def test_metrics_file_is_replaced_whole_on_the_next_run(tmp_path: Path) -> None:
-    """A second write replaces the file: a job not in this run's results leaves no stale series behind."""
-    store = StateStore(f"sqlite:///{tmp_path}/state.db")
-    store.upgrade()
-    path = tmp_path / "etl.prom"
-    write_metrics(str(path), [(RunReport("old", "incremental"), 1)], store)
-    write_metrics(str(path), [(RunReport("new", "incremental"), 0)], store)
-    store.close()
-    assert {dict(labels)["job"] for _, labels in samples(path)} == {"new"}

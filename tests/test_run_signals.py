@@ -35,7 +35,7 @@ def test_sigterm_ends_the_run_like_ctrl_c(tmp_path: Path) -> None:
         faults = boxes.intercom.server.faults = Reached(slow_seconds=3.0, slow_rate=1.0)
         env = {**os.environ, IC_ENV: IC_TOKEN, KL_ENV: KL_KEY, "ETL_DATABASE_URL": ""}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "etl", "--config", str(config), "run"],
+            [sys.executable, "-m", "etl", "--log-format", "text", "--config", str(config), "run"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
