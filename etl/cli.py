@@ -29,6 +29,12 @@ from etl.state import StateStore, redact_url
 class EtlGroup(click.Group):
     """Turns every EtlError into its one-line message and exit code; a bug is exit 1 without a traceback."""
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:  # `etl --help | head`: the help is written while the arguments are parsed
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:
+            _stdout_closed()
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -36,6 +42,8 @@ class EtlGroup(click.Group):
             _fail(str(exc), exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
+        except BrokenPipeError:
+            _stdout_closed()
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except Exception as exc:  # a bug: say so on one line; -v shows the traceback
@@ -53,6 +61,19 @@ class EtlGroup(click.Group):
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _stdout_closed() -> NoReturn:
+    """Whoever reads our stdout stopped (`etl run --dry-run | head`): end quietly with exit 0, like `cat`.
+
+    Python ignores SIGPIPE, so the closed pipe arrives as BrokenPipeError on a write. What is still buffered
+    for stdout would fail again when the interpreter flushes it at exit ("Exception ignored …", exit 120), so
+    stdout is pointed at /dev/null first (the recipe of the Python docs, "Note on SIGPIPE").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(0)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -546,6 +567,10 @@ def main() -> None:
         _fail(exc.format_message().replace("\n", " ") + hint, exc.exit_code)
     except click.Abort:
         _fail("interrupted", 130)
+    try:
+        sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at interpreter exit
+    except BrokenPipeError:
+        _stdout_closed()
     sys.exit(code if isinstance(code, int) else 0)
 
 

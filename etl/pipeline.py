@@ -113,6 +113,9 @@ class JobRun:
             except EtlError as exc:
                 self.finish("failed", str(exc))
                 raise
+            except BrokenPipeError:  # a dry-run's reader went away (`| head`): not a bug, nothing to report
+                self.finish("failed", "stdout closed: nobody reads the output any more")
+                raise
             except BaseException as exc:
                 self.finish("failed", f"{type(exc).__name__}: {logs.scrub(str(exc))[:300]}")
                 raise

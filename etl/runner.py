@@ -124,6 +124,8 @@ def _run_one(
     except EtlError as exc:
         stderr.write(f"etl: error: job {job.name}: {logs.scrub(str(exc))}\n")
         code = exc.exit_code
+    except BrokenPipeError:  # nobody reads the dry-run's stdout any more (`| head`): the CLI ends quietly
+        raise
     except Exception as exc:  # a bug in one job must not keep the others from running
         log.exception("unexpected error", extra={"fields": {"job": job.name}})
         stderr.write(
