@@ -19,7 +19,16 @@ from typing import Any, NoReturn
 import click
 
 from etl import __version__, logs
-from etl.config import Settings, config_path, load_settings, missing_secrets, parse_duration, parse_timestamp
+from etl.config import (
+    ENV_DATABASE_URL,
+    Settings,
+    config_path,
+    env_database_url,
+    load_settings,
+    missing_secrets,
+    parse_duration,
+    parse_timestamp,
+)
 from etl.errors import ConfigError, EtlError, UsageError
 from etl.models import STREAMS, RunOptions, iso_z
 from etl.report import render_table
@@ -93,14 +102,17 @@ class Cli:
 
     def store(self, *, migrate_check: bool = True) -> StateStore:
         path = config_path(self.config, os.environ)
-        if not path.exists() and os.environ.get("ETL_DATABASE_URL"):
-            url = os.environ["ETL_DATABASE_URL"]  # db commands work without a jobs.yaml
+        if not path.exists() and os.environ.get(ENV_DATABASE_URL):
+            url = env_database_url(os.environ)  # db commands work without a jobs.yaml
         else:
             url = self.settings().database_url
-        store = StateStore(url)
+        if not migrate_check:
+            store = StateStore(url)
+        else:
+            from etl.runner import writable_store
+
+            store = writable_store(url)  # says so when it creates the database
         click.get_current_context().call_on_close(store.close)  # no connection outlives the command
-        if migrate_check:
-            store.ensure_schema()
         return store
 
 

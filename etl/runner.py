@@ -23,16 +23,36 @@ from etl.state import StateStore
 log = logs.get_logger("runner")
 
 
+def writable_store(url: str) -> StateStore:
+    """The state store at the newest schema (SQLite: created or upgraded; creating it is announced)."""
+    store = StateStore(url)
+    if not store.exists():  # a wrong path would otherwise start again from start_date, silently
+        log.warning(
+            "creating a new state database: none was there, so every job starts from its start_date "
+            "(if yours lives elsewhere, point database_url at it)",
+            extra={"fields": {"database": store.location}},
+        )
+    try:
+        store.ensure_schema()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
 def open_store(url: str, *, dry_run: bool) -> StateStore | None:
     """The state store; in dry-run read-only, and None when the database does not exist or is empty."""
-    store = StateStore(url, read_only=dry_run)
     if not dry_run:
-        store.ensure_schema()
-        return store
-    if not store.exists() or store.current_revision() is None:
+        return writable_store(url)
+    store = StateStore(url, read_only=True)
+    try:
+        if not store.exists() or store.current_revision() is None:
+            store.close()
+            return None
+        store.check_schema()
+    except BaseException:
         store.close()
-        return None
-    store.check_schema()
+        raise
     return store
 
 

@@ -306,3 +306,17 @@ def test_check_refuses_an_intercom_version_before_2_16(tmp_path: Path, version: 
         )
     else:
         assert result.stdout.startswith("shop: ok")
+
+
+def test_db_commands_refuse_a_relative_sqlite_path_in_etl_database_url(tmp_path: Path) -> None:
+    """Without a jobs.yaml, ETL_DATABASE_URL with a relative SQLite path is exit 2, and no file is created."""
+    result = invoke(
+        "--config", str(tmp_path / "none.yaml"), "db", "upgrade", env={"ETL_DATABASE_URL": "sqlite:///x.db"}
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "etl: error: ETL_DATABASE_URL: sqlite:///x.db is a relative SQLite path, which would depend on the "
+        "working directory; give an absolute one (four slashes: sqlite:////var/lib/etl/state.db) or set "
+        "database_url in jobs.yaml, where a relative path is relative to jobs.yaml"
+    )
+    assert not Path("x.db").exists()

@@ -44,7 +44,7 @@ def test_example_jobs_yaml_is_valid() -> None:
     """The shipped jobs.yaml parses into the documented defaults."""
     settings = load_settings(ROOT / "jobs.yaml", {})
     job = settings.jobs["intercom_to_klaviyo"]
-    assert settings.database_url == "sqlite:///etl-state.db"
+    assert settings.database_url == f"sqlite:///{ROOT}/etl-state.db"  # beside jobs.yaml, wherever we stand
     assert job.streams == ("contacts", "conversations", "tickets")
     assert job.lookback == timedelta(minutes=15) and job.flow_trigger_max_age == timedelta(hours=24)
     assert job.start_date == datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,6 +70,41 @@ def test_env_expansion_with_defaults_and_override_of_database_url() -> None:
     assert s.jobs["shop"].intercom.base_url == "https://api.au.intercom.io"
     assert s.jobs["shop"].lookback == timedelta(minutes=5)
     assert s.database_url == "postgresql+psycopg://db/etl"
+
+
+@pytest.mark.parametrize(
+    ("database_url", "expected"),
+    [
+        ("sqlite:///state.db", "sqlite:///{conf}/state.db"),
+        ("sqlite:///data/state.db?timeout=5", "sqlite:///{conf}/data/state.db?timeout=5"),
+        ("sqlite+pysqlite:///state.db", "sqlite+pysqlite:///{conf}/state.db"),
+        ("sqlite:////var/lib/etl/state.db", "sqlite:////var/lib/etl/state.db"),
+        ("sqlite://", "sqlite://"),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("postgresql+psycopg://u:pw@db/etl", "postgresql+psycopg://u:pw@db/etl"),
+    ],
+)
+def test_a_relative_sqlite_path_is_relative_to_jobs_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str, expected: str
+) -> None:
+    """Wherever etl is started (cron: $HOME), a relative SQLite path names the file beside jobs.yaml."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "jobs.yaml").write_text(GOOD.replace("sqlite:///state.db", f"'{database_url}'"))
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(Path("conf/jobs.yaml"), {})
+    assert settings.database_url == expected.format(conf=conf)
+
+
+def test_a_relative_sqlite_path_in_etl_database_url_is_refused() -> None:
+    """ETL_DATABASE_URL has no jobs.yaml to be relative to: a relative SQLite path there is exit 2, not the cwd."""
+    assert problems(GOOD, {"ETL_DATABASE_URL": "sqlite:///state.db"}) == [
+        "ETL_DATABASE_URL: sqlite:///state.db is a relative SQLite path, which would depend on the working "
+        "directory; give an absolute one (four slashes: sqlite:////var/lib/etl/state.db) or set database_url "
+        "in jobs.yaml, where a relative path is relative to jobs.yaml"
+    ]
+    absolute = parse_settings(GOOD, {"ETL_DATABASE_URL": "sqlite:////srv/etl/state.db"})
+    assert absolute.database_url == "sqlite:////srv/etl/state.db"
 
 
 def test_unset_env_var_is_reported_with_its_path() -> None:
