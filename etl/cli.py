@@ -21,6 +21,7 @@ import click
 from etl import __version__, logs
 from etl.config import (
     ENV_DATABASE_URL,
+    JobSettings,
     Settings,
     config_path,
     env_database_url,
@@ -181,8 +182,31 @@ def run(obj: Cli, jobs: tuple[str, ...], **flags: Any) -> None:
     # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so the run is recorded and its lease released
     signal.signal(signal.SIGTERM, _interrupt)
     options = _run_options(**flags)  # the options above, by name
-    code = run_jobs(obj.settings(), list(jobs), options)
+    settings = obj.settings()
+    _refuse_empty_backfill(options, settings.select(list(jobs)), _now())
+    code = run_jobs(settings, list(jobs), options)
     sys.exit(code)
+
+
+def _refuse_empty_backfill(options: RunOptions, jobs: list[JobSettings], now: datetime) -> None:
+    """A backfill whose window can emit nothing is a mistake (a wrong year, a slice before start_date), not a
+    quiet success: exit 2 before any work."""
+    since = options.since
+    if since is None:
+        return
+    if since >= now:
+        raise ConfigError(
+            f"--since {iso_z(since)} is in the future: nothing has been updated in that window yet"
+        )
+    until = min(options.until or now, now)
+    problems = [
+        f"job {job.name}: the window [{iso_z(since)}, {iso_z(until)}) ends before its start_date "
+        f"{iso_z(job.start_date)}, and no event older than start_date is ever emitted"
+        for job in jobs
+        if until <= job.start_date
+    ]
+    if problems:
+        raise ConfigError(problems)
 
 
 def _run_options(
@@ -338,8 +362,11 @@ def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
 @click.argument("job")
 @click.argument("stream")
 @click.argument("ts")
+@click.option(
+    "--force", is_flag=True, help="Accept a watermark in the future (the stream is not read until then)."
+)
 @click.pass_obj
-def state_set(obj: Cli, job: str, stream: str, ts: str) -> None:
+def state_set(obj: Cli, job: str, stream: str, ts: str, force: bool) -> None:
     """Move a watermark by hand (also backwards: the next run re-reads from there).
 
     \b
@@ -356,6 +383,11 @@ def state_set(obj: Cli, job: str, stream: str, ts: str) -> None:
         value = parse_timestamp(ts)
     except ValueError as exc:
         raise UsageError(f"TS: {exc}") from None
+    if value > _now() and not force:  # runs read [watermark - lookback, now): none would read this stream
+        raise UsageError(
+            f"TS {iso_z(value)} is in the future: no run would read {stream} until then; "
+            "pass --force if that is what you want"
+        )
     store = obj.store()
     before = store.watermarks(job).get(stream)
     store.set_watermark(job, stream, value, _now(), force=True)

@@ -320,3 +320,50 @@ def test_db_commands_refuse_a_relative_sqlite_path_in_etl_database_url(tmp_path:
         "database_url in jobs.yaml, where a relative path is relative to jobs.yaml"
     )
     assert not Path("x.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--since", "2099-01-01"],
+            "etl: error: --since 2099-01-01T00:00:00Z is in the future: nothing has been updated in that window "
+            "yet",
+        ),
+        (  # the year before start_date: what the Kubernetes backfill example used to do
+            ["--since", "2025-01-01", "--until", "2025-02-01", "--dry-run"],
+            "etl: error: job shop: the window [2025-01-01T00:00:00Z, 2025-02-01T00:00:00Z) ends before its "
+            "start_date 2026-01-01T00:00:00Z, and no event older than start_date is ever emitted",
+        ),
+        (  # the window's end is its own start_date at the latest
+            ["--since", "2025-12-01", "--until", "2026-01-01"],
+            "etl: error: job shop: the window [2025-12-01T00:00:00Z, 2026-01-01T00:00:00Z) ends before its "
+            "start_date 2026-01-01T00:00:00Z, and no event older than start_date is ever emitted",
+        ),
+    ],
+)
+def test_a_backfill_that_can_emit_nothing_is_refused(tmp_path: Path, args: list[str], expected: str) -> None:
+    """A backfill in the future or entirely before start_date is exit 2 and one line, before any work."""
+    path = tmp_path / "jobs.yaml"
+    # a short retry budget: were the window not refused, the run would give up on the unreachable API soon
+    path.write_text(
+        JOBS.format(url=f"sqlite:///{tmp_path}/state.db").replace("IC_TOKEN}", "IC_TOKEN, retry_budget: 10s}")
+    )
+    result = invoke("--config", str(path), "run", *args, env={"IC_TOKEN": "t", "KL_KEY": "k"})
+    assert result.exit_code == 2
+    assert result.stderr.strip() == expected
+    assert not (tmp_path / "state.db").exists()
+
+
+def test_state_set_refuses_a_future_watermark_unless_forced(config: Path) -> None:
+    """A watermark in the future would keep the stream from being read until then: exit 2, or --force."""
+    invoke("--config", str(config), "db", "upgrade")
+    refused = invoke("--config", str(config), "state", "set", "shop", "tickets", "2099-01-01")
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == (
+        "etl: error: TS 2099-01-01T00:00:00Z is in the future: no run would read tickets until then; "
+        "pass --force if that is what you want"
+    )
+    forced = invoke("--config", str(config), "state", "set", "shop", "tickets", "2099-01-01", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert forced.stdout.strip() == "shop/tickets: watermark - -> 2099-01-01T00:00:00Z"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import shlex
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from etl.cli import cli
-from etl.config import parse_settings
+from etl.config import parse_settings, parse_timestamp
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 
@@ -57,8 +58,9 @@ def test_container_args_are_valid_commands(name: str) -> None:
     assert checked, f"{name} has no container to check"
 
 
-def test_backfill_slices_are_contiguous_months() -> None:
-    """The Indexed Job's shell computes [since, until) slices that tile the year without gaps."""
+def test_backfill_slices_are_contiguous_months_after_start_date() -> None:
+    """The Indexed Job's shell computes [since, until) slices that tile its months without gaps, none of them
+    before the ConfigMap's start_date (`etl run` refuses a window that can emit nothing) or in the future."""
     import subprocess
 
     (job,) = documents("backfill-indexed-job.yaml")
@@ -75,5 +77,15 @@ def test_backfill_slices_are_contiguous_months() -> None:
         ).stdout
         words = shlex.split(out)
         slices.append((words[words.index("--since") + 1], words[words.index("--until") + 1]))
-    assert slices[0][0] == "2025-01-01" and slices[-1][1] == "2026-01-01"
+    assert slices[0][0] == "2026-01-01" and slices[-1][1] == "2026-07-01"
     assert all(a[1] == b[0] for a, b in itertools.pairwise(slices))
+    (config,) = [d for d in documents("configmap.yaml") if d["kind"] == "ConfigMap"]
+    settings = parse_settings(
+        config["data"]["jobs.yaml"], {"ETL_DATABASE_URL": "postgresql+psycopg://db/etl"}
+    )
+    start_date = settings.jobs["intercom_to_klaviyo"].start_date
+    # the Klaviyo revision the job speaks (2026-07-15) is the earliest "now" the example can meet
+    for since, until in slices:
+        assert (
+            start_date <= parse_timestamp(since) < parse_timestamp(until) <= datetime(2026, 7, 15, tzinfo=UTC)
+        )
