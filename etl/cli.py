@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +31,8 @@ from etl.config import (
     parse_duration,
     parse_timestamp,
 )
-from etl.errors import ConfigError, EtlError, UsageError
+from etl.errors import ConfigError, EtlError, LockHeld, UsageError
+from etl.lease import LeaseKeeper
 from etl.models import STREAMS, RunOptions, iso_z
 from etl.report import render_table
 from etl.state import StateStore, redact_url
@@ -389,8 +391,14 @@ def state_set(obj: Cli, job: str, stream: str, ts: str, force: bool) -> None:
             "pass --force if that is what you want"
         )
     store = obj.store()
-    before = store.watermarks(job).get(stream)
-    store.set_watermark(job, stream, value, _now(), force=True)
+    # the job's lease, as a run takes it: a run going now would overwrite the watermark when it finishes
+    owner = f"etl-state-set:{socket.gethostname()}:{os.getpid()}"
+    try:
+        with LeaseKeeper.held(store, job, owner, selected.lock_ttl, _now):
+            before = store.watermarks(job).get(stream)
+            store.set_watermark(job, stream, value, _now(), force=True)
+    except LockHeld as exc:
+        raise LockHeld(f"{job}/{stream}: watermark not moved: {exc}") from None
     click.echo(f"{job}/{stream}: watermark {iso_z(before) or '-'} -> {iso_z(value) or '-'}")
 
 

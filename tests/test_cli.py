@@ -367,3 +367,29 @@ def test_state_set_refuses_a_future_watermark_unless_forced(config: Path) -> Non
     forced = invoke("--config", str(config), "state", "set", "shop", "tickets", "2099-01-01", "--force")
     assert forced.exit_code == 0, forced.output
     assert forced.stdout.strip() == "shop/tickets: watermark - -> 2099-01-01T00:00:00Z"
+
+
+def test_state_set_takes_the_jobs_lease(config: Path, db_url: str) -> None:
+    """While a run holds the job's lease, `state set` is exit 75 naming the holder and moves nothing (the run
+    would overwrite it when it finishes); once the run is gone it moves the watermark and frees the lease."""
+    from datetime import UTC, datetime, timedelta
+
+    invoke("--config", str(config), "db", "upgrade")
+    store = StateStore(db_url)
+    try:
+        store.acquire_lock("shop", "cron-host:4711:run", timedelta(minutes=10), datetime.now(UTC))
+        (_, _, expires), *_ = store.leases("shop")
+        refused = invoke("--config", str(config), "state", "set", "shop", "tickets", "2026-03-01")
+        assert refused.exit_code == 75
+        assert refused.stderr.strip() == (
+            "etl: error: shop/tickets: watermark not moved: job 'shop' is already running (lease held by "
+            f"cron-host:4711:run until {expires.isoformat()}); try again later"
+        )
+        assert store.watermarks("shop") == {}
+        store.release_lock("shop", "cron-host:4711:run")
+        moved = invoke("--config", str(config), "state", "set", "shop", "tickets", "2026-03-01")
+        assert moved.exit_code == 0
+        assert moved.stdout.strip() == "shop/tickets: watermark - -> 2026-03-01T00:00:00Z"
+        assert store.lock_holder("shop") is None
+    finally:
+        store.close()
