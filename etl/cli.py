@@ -31,7 +31,7 @@ from etl.config import (
     parse_duration,
     parse_timestamp,
 )
-from etl.errors import ConfigError, EtlError, LockHeld, UsageError
+from etl.errors import ConfigError, EtlError, Interrupted, LockHeld, UsageError
 from etl.lease import LeaseKeeper
 from etl.models import STREAMS, RunOptions, iso_z
 from etl.report import render_table
@@ -56,8 +56,14 @@ class EtlGroup(click.Group):
             raise
         except BrokenPipeError:
             _stdout_closed()
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
+        except KeyboardInterrupt as exc:
+            stop = Interrupted.of(exc)
+            if ctx.invoked_subcommand == "run":
+                _fail(
+                    f"{stop}: the run is recorded as failed and its lease released; running again resumes",
+                    stop.exit_code,
+                )
+            _fail(str(stop), stop.exit_code)
         except Exception as exc:  # a bug: say so on one line; -v shows the traceback
             obj = ctx.obj if isinstance(ctx.obj, Cli) else None
             if obj is not None and obj.verbosity > 0:
@@ -72,7 +78,7 @@ class EtlGroup(click.Group):
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
 
 
 def _stdout_closed() -> NoReturn:
@@ -181,7 +187,7 @@ def run(obj: Cli, jobs: tuple[str, ...], **flags: Any) -> None:
     """
     from etl.runner import run_jobs
 
-    # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so the run is recorded and its lease released
+    # Kubernetes stops a pod with SIGTERM: unwind like Ctrl-C, so the run is recorded and its lease released
     signal.signal(signal.SIGTERM, _interrupt)
     options = _run_options(**flags)  # the options above, by name
     settings = obj.settings()
@@ -617,8 +623,8 @@ def main() -> None:
             sys.exit(exc.exit_code)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         _fail(exc.format_message().replace("\n", " ") + hint, exc.exit_code)
-    except click.Abort:
-        _fail("interrupted", 130)
+    except click.Abort:  # Ctrl-C while click parsed the arguments
+        _fail(str(Interrupted(signal.SIGINT)), Interrupted(signal.SIGINT).exit_code)
     try:
         sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at interpreter exit
     except BrokenPipeError:

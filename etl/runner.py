@@ -144,6 +144,12 @@ def _run_one(
     except EtlError as exc:
         stderr.write(f"etl: error: job {job.name}: {logs.scrub(str(exc))}\n")
         code = exc.exit_code
+    except (
+        KeyboardInterrupt
+    ):  # Ctrl-C or SIGTERM: what was done so far, then the CLI's one line and exit code
+        if job_run is not None:
+            stderr.write(summary_table(job_run.report) + "\n")
+        raise
     except BrokenPipeError:  # nobody reads the dry-run's stdout any more (`| head`): the CLI ends quietly
         raise
     except Exception as exc:  # a bug in one job must not keep the others from running
