@@ -272,10 +272,18 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
     settings = obj.settings()
     selected = settings.select(list(jobs))
     problems: list[str] = []
+    now = _now()
     for job in selected:
         missing = missing_secrets(job, os.environ)
         for name in missing:
             problems.append(f"jobs.{job.name}: environment variable {name} is not set")
+        if job.start_date > now:  # every window would be empty: runs succeed and send nothing
+            problems.append(
+                f"jobs.{job.name}.start_date: {iso_z(job.start_date)} is in the future: no run reads anything "
+                "until then"
+            )
+    database, database_problems = _database_status(settings.database_url)
+    problems += database_problems
     if problems:
         raise ConfigError(problems)
     for job in selected:
@@ -287,21 +295,51 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
             f"{job.name}: ok ({', '.join(job.streams)}; Intercom {job.intercom.base_url}, "
             f"Klaviyo {job.klaviyo.base_url}{'; credentials accepted' if online else ''})"
         )
-    click.echo(f"database: {redact_url(settings.database_url)} ({_database_status(settings.database_url)})")
+    click.echo(f"database: {redact_url(settings.database_url)} ({database})")
 
 
-def _database_status(url: str) -> str:
-    """Whether the state database exists and is at the newest revision (read-only; exit 5 if unreachable)."""
+def _database_status(url: str) -> tuple[str, list[str]]:
+    """What `etl run` will find in the state database, and what would make it fail (read-only; exit 5 if
+    unreachable). On SQLite a missing or old schema is fine: `etl run` creates and upgrades it by itself."""
     store = StateStore(url, read_only=True)
     try:
+        problems = _sqlite_file_problems(store) if store.dialect == "sqlite" else []
         if not store.exists():
-            return "not created yet: run `etl db upgrade`"
+            return "not created yet: `etl run` creates it (or `etl db upgrade`)", problems
         current, head = store.current_revision(), store.head_revision()
         if current == head:
-            return f"revision {current}, up to date"
-        return f"revision {current or 'none'}, behind: run `etl db upgrade`"
+            return f"revision {current}, up to date", problems
+        if store.dialect == "sqlite":
+            return (
+                f"revision {current or 'none'}, behind: `etl run` upgrades it (or `etl db upgrade`)",
+                problems,
+            )
+        problems.append(
+            f"database: revision {current or 'none (empty)'}, this etl needs {head}: run `etl db upgrade` "
+            "(until then `etl run` stops with exit 5)"
+        )
+        return f"revision {current or 'none'}, behind", problems
     finally:
         store.close()
+
+
+def _sqlite_file_problems(store: StateStore) -> list[str]:
+    """An SQLite database needs a directory that exists and that it may write (its -wal and -shm files live
+    beside it), and a file it may write; without them every `etl run` fails with exit 5."""
+    path = Path(store.location)
+    if not path.is_absolute():  # in memory
+        return []
+    if not path.parent.is_dir():
+        what = "is not a directory" if path.parent.exists() else "does not exist"
+        return [f"database: directory {path.parent} {what}; create it or change database_url"]
+    problems = []
+    if not os.access(path.parent, os.W_OK):
+        problems.append(
+            f"database: directory {path.parent} is read-only; SQLite writes its journal beside {path.name}"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        problems.append(f"database: {path} is read-only")
+    return problems
 
 
 # -- db ----------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from etl.errors import ConfigError
 from etl.events import EVENT_PROPERTY_KEYS, METRICS
 from etl.http import DEFAULT_RETRY_BUDGET
 from etl.intercom import MAX_PER_PAGE
+from etl.limits import MAX_METRIC_NAME_LENGTH
 from etl.models import STREAMS
 from etl.profiles import PROFILE_PROPERTY_KEYS
 from etl.schema import redact_url
@@ -284,6 +285,18 @@ def _names(value: Any, path: str, out: _Collector, allowed: tuple[str, ...] | No
     return result
 
 
+def _metric_names(value: Any, path: str, out: _Collector) -> dict[str, str]:
+    """`metric_names` overrides; a name Klaviyo would refuse is a problem now, not a failed run later."""
+    names = _names(value, path, out, METRICS)
+    for key, name in names.items():
+        if len(name) > MAX_METRIC_NAME_LENGTH:
+            out.add(
+                f"{path}.{key}",
+                f"{len(name)} characters; Klaviyo accepts metric names of at most {MAX_METRIC_NAME_LENGTH}",
+            )
+    return names
+
+
 def _retry_budget(api: Mapping[str, Any], path: str, out: _Collector) -> timedelta:
     """How long one request to that API may keep failing before the run gives up (docs/design.md §5)."""
     if "retry_budget" not in api:
@@ -383,7 +396,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
             timedelta(0),
         ),
         default_phone_region=region.upper(),
-        metric_names=_names(body.get("metric_names"), f"{path}.metric_names", out, METRICS),
+        metric_names=_metric_names(body.get("metric_names"), f"{path}.metric_names", out),
         property_names=_names(body.get("property_names"), f"{path}.property_names", out, PROPERTY_KEYS),
         lock_ttl=out.convert(body.get("lock_ttl", "10m"), f"{path}.lock_ttl", parse_duration, timedelta(0)),
     )
@@ -445,9 +458,24 @@ def _database_url(value: Any, where: str, anchor: Path | None, out: _Collector) 
     except sa.exc.ArgumentError:
         out.add(where, f"expected an SQLAlchemy URL like {example}, got {redact_url(value)!r}")
         return value
+    # the store speaks these two dialects only (its upserts are dialect-specific): anything else is a
+    # configuration mistake (exit 2), not a database failure at the first connection (exit 5)
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        out.add(
+            where, f"unsupported database {url.drivername}:// in {redact_url(value)!r}: expected {example}"
+        )
+        return value
+    try:
+        url.get_dialect().import_dbapi()
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        out.add(
+            where,
+            f"the driver of {url.drivername}:// is not installed ({exc}): expected {example}",
+        )
+        return value
     database = url.database
     if (
-        url.drivername.split("+")[0] != "sqlite"
+        url.get_backend_name() != "sqlite"
         or not database
         or database == ":memory:"
         or database.startswith("file:")

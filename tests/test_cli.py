@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,11 +66,17 @@ def test_check_reports_the_database_state(config: Path, db_url: str) -> None:
     """`etl check` says whether the state database is behind, and up to date after `db upgrade`."""
     env = {"IC_TOKEN": "t", "KL_KEY": "k"}
     before = invoke("--config", str(config), "check", env=env)
-    assert before.exit_code == 0
-    expected = (
-        "not created yet: run `etl db upgrade`" if db_url.startswith("sqlite") else "revision none, behind"
-    )
-    assert expected in before.stdout.splitlines()[-1]
+    if db_url.startswith("sqlite"):  # `etl run` creates and upgrades an SQLite database by itself
+        assert before.exit_code == 0
+        assert before.stdout.splitlines()[-1].endswith(
+            "(not created yet: `etl run` creates it (or `etl db upgrade`))"
+        )
+    else:  # on PostgreSQL `etl run` would stop with exit 5: a problem now
+        assert before.exit_code == 2 and before.stdout == ""
+        assert before.stderr.strip() == (
+            "etl: error: database: revision none (empty), this etl needs 0001: run `etl db upgrade` (until then "
+            "`etl run` stops with exit 5)"
+        )
     invoke("--config", str(config), "db", "upgrade")
     after = invoke("--config", str(config), "check", env=env)
     assert after.stdout.splitlines()[-1].endswith("(revision 0001, up to date)")
@@ -393,3 +400,61 @@ def test_state_set_takes_the_jobs_lease(config: Path, db_url: str) -> None:
         assert store.lock_holder("shop") is None
     finally:
         store.close()
+
+
+def test_check_lists_what_would_make_run_fail_in_one_line(tmp_path: Path) -> None:
+    """A missing variable, a future start_date and a missing database directory: exit 2, one line, all three."""
+    path = tmp_path / "jobs.yaml"
+    path.write_text(JOBS.format(url="sqlite:///no/such/dir/state.db").replace("2026-01-01", "2099-01-01"))
+    result = invoke("--config", str(path), "check", env={"IC_TOKEN": "t"})
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip() == (
+        "etl: error: 3 problems: jobs.shop: environment variable KL_KEY is not set; jobs.shop.start_date: "
+        "2099-01-01T00:00:00Z is in the future: no run reads anything until then; database: directory "
+        f"{tmp_path}/no/such/dir does not exist; create it or change database_url"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to a read-only directory, and so would `etl run`")
+def test_check_names_a_read_only_database_directory(tmp_path: Path) -> None:
+    """SQLite writes its journal beside the database: a read-only directory fails every run, so check says so."""
+    (tmp_path / "ro").mkdir()
+    path = tmp_path / "jobs.yaml"
+    path.write_text(JOBS.format(url="sqlite:///ro/state.db"))
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        result = invoke("--config", str(path), "check", env={"IC_TOKEN": "t", "KL_KEY": "k"})
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"etl: error: database: directory {tmp_path}/ro is read-only; SQLite writes its journal beside state.db"
+    )
+
+
+@pytest.mark.parametrize("command", [["check"], ["run"], ["state", "show"]])
+def test_an_unsupported_database_scheme_is_a_configuration_error(tmp_path: Path, command: list[str]) -> None:
+    """`mysqlx://` is exit 2 naming what is expected, in every command, not exit 5 "Can't load plugin"."""
+    path = tmp_path / "jobs.yaml"
+    path.write_text(JOBS.format(url="mysqlx://etl@db/etl"))
+    result = invoke("--config", str(path), *command, env={"IC_TOKEN": "t", "KL_KEY": "k"})
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "etl: error: database_url: unsupported database mysqlx:// in 'mysqlx://etl@db/etl': expected "
+        "sqlite:///etl-state.db or postgresql+psycopg://user@host/dbname"
+    )
+
+
+def test_check_refuses_a_metric_name_klaviyo_would_refuse(tmp_path: Path) -> None:
+    """A metric name of 128 characters is exit 2 with its path (Klaviyo: "less than 128 characters")."""
+    path = tmp_path / "jobs.yaml"
+    text = JOBS.format(url=f"sqlite:///{tmp_path}/state.db")
+    path.write_text(
+        text + f'    metric_names: {{Created Ticket: "{"T" * 127}", Resolved Ticket: "{"R" * 128}"}}\n'
+    )
+    result = invoke("--config", str(path), "check", env={"IC_TOKEN": "t", "KL_KEY": "k"})
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "etl: error: jobs.shop.metric_names.Resolved Ticket: 128 characters; Klaviyo accepts metric names of at "
+        "most 127"
+    )

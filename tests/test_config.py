@@ -303,3 +303,33 @@ def test_retry_budget_per_api_defaults_to_10m_is_validated_and_reaches_the_clien
         "jobs.shop.intercom.retry_budget: must be at least 10s so a request can wait out a rate limit",
         "jobs.shop.klaviyo.retry_budget: expected a duration like 15m, got 'forever'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (
+            "postgres://db/etl",  # Heroku's spelling; SQLAlchemy knows only postgresql://
+            "database_url: unsupported database postgres:// in 'postgres://db/etl': expected "
+            "sqlite:///etl-state.db or postgresql+psycopg://user@host/dbname",
+        ),
+        (
+            "postgresql+nodriver://u:secret@db/etl",
+            "database_url: the driver of postgresql+nodriver:// is not installed (Can't load plugin: "
+            "sqlalchemy.dialects:postgresql.nodriver): expected sqlite:///etl-state.db or "
+            "postgresql+psycopg://user@host/dbname",
+        ),
+    ],
+)
+def test_a_database_url_the_store_cannot_use_is_a_configuration_error(url: str, problem: str) -> None:
+    """Exit 2 naming what is expected, not exit 5 at the first connection; never the password."""
+    assert problems(GOOD.replace("sqlite:///state.db", url)) == [problem]
+
+
+def test_a_metric_name_klaviyo_would_refuse_is_a_problem() -> None:
+    """Klaviyo: a metric name "Must be less than 128 characters": 127 passes, 128 is reported with its path."""
+    text = GOOD.replace("Ticket Opened", "T" * 127)
+    assert parse_settings(text, {}).jobs["shop"].metric_names == {"Created Ticket": "T" * 127}
+    assert problems(GOOD.replace("Ticket Opened", "T" * 128)) == [
+        "jobs.shop.metric_names.Created Ticket: 128 characters; Klaviyo accepts metric names of at most 127"
+    ]
