@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -38,7 +38,21 @@ from etl.report import render_table
 from etl.state import StateStore, redact_url
 
 
-class EtlGroup(click.Group):
+class HelpGroup(click.Group):
+    """A group whose help gives each command's whole first sentence: click cuts it to one line with "..."."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class EtlGroup(HelpGroup):
     """Turns every EtlError into its one-line message and exit code; a bug is exit 1 without a traceback."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
@@ -129,6 +143,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# --json: one JSON object per line (NDJSON), times as ISO 8601 UTC (`…Z`) or null, as `etl runs --json` began
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line instead of the table (times in UTC)."
+)
+
+
+def _echo_json(record: dict[str, Any]) -> None:
+    click.echo(json.dumps(record, ensure_ascii=False))
+
+
 @click.group(cls=EtlGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="etl")
 @click.option(
@@ -165,9 +189,15 @@ def cli(ctx: click.Context, config: str | None, log_format: str | None, verbose:
 )
 @click.option("--output", metavar="PATH", help="Dry-run output file (NDJSON); default stdout.")
 @click.option(
-    "--since", metavar="TS", help="Backfill from this time (ISO 8601 or date); never moves watermarks."
+    "--since",
+    metavar="TS",
+    help="Backfill from this time (ISO 8601 or date; UTC unless it has an offset); never moves watermarks.",
 )
-@click.option("--until", metavar="TS", help="Backfill up to this time (exclusive); default now.")
+@click.option(
+    "--until",
+    metavar="TS",
+    help="Backfill up to this time (exclusive; UTC unless it has an offset); default now.",
+)
 @click.option(
     "--replay", is_flag=True, help="Re-emit events for the window even where snapshots say nothing changed."
 )
@@ -260,9 +290,12 @@ def _run_options(
 @cli.command()
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")
 @click.option("--online", is_flag=True, help="Also test both credentials against the APIs.")
+@_json_option
 @click.pass_obj
-def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
-    """Validate jobs.yaml and the environment (and, with --online, the credentials).
+def check(obj: Cli, jobs: tuple[str, ...], online: bool, as_json: bool) -> None:
+    """Validate jobs.yaml, the environment and the state database (and, with --online, the credentials).
+
+    Exit 2 lists every problem that would make `etl run` fail.
 
     \b
     Examples:
@@ -282,8 +315,8 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
                 f"jobs.{job.name}.start_date: {iso_z(job.start_date)} is in the future: no run reads anything "
                 "until then"
             )
-    database, database_problems = _database_status(settings.database_url)
-    problems += database_problems
+    database = _database_status(settings.database_url)
+    problems += database.problems
     if problems:
         raise ConfigError(problems)
     for job in selected:
@@ -291,34 +324,60 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
             from etl.runner import check_online
 
             check_online(job)
+        if as_json:
+            _echo_json(
+                {
+                    "job": job.name,
+                    "streams": list(job.streams),
+                    "intercom": job.intercom.base_url,
+                    "klaviyo": job.klaviyo.base_url,
+                    "credentials": "accepted" if online else "not checked",
+                }
+            )
+            continue
         click.echo(
             f"{job.name}: ok ({', '.join(job.streams)}; Intercom {job.intercom.base_url}, "
             f"Klaviyo {job.klaviyo.base_url}{'; credentials accepted' if online else ''})"
         )
-    click.echo(f"database: {redact_url(settings.database_url)} ({database})")
+    url = redact_url(settings.database_url)
+    if as_json:
+        _echo_json(
+            {"database": url, "revision": database.revision, "head": database.head, "status": database.status}
+        )
+    else:
+        click.echo(f"database: {url} ({database.status})")
 
 
-def _database_status(url: str) -> tuple[str, list[str]]:
+@dataclass
+class DatabaseStatus:
+    status: str  # for the operator: what `etl run` will find, and do
+    revision: str | None = None
+    head: str | None = None
+    problems: list[str] = field(default_factory=list)  # what would make `etl run` fail
+
+
+def _database_status(url: str) -> DatabaseStatus:
     """What `etl run` will find in the state database, and what would make it fail (read-only; exit 5 if
     unreachable). On SQLite a missing or old schema is fine: `etl run` creates and upgrades it by itself."""
     store = StateStore(url, read_only=True)
     try:
         problems = _sqlite_file_problems(store) if store.dialect == "sqlite" else []
+        head = store.head_revision()
         if not store.exists():
-            return "not created yet: `etl run` creates it (or `etl db upgrade`)", problems
-        current, head = store.current_revision(), store.head_revision()
-        if current == head:
-            return f"revision {current}, up to date", problems
-        if store.dialect == "sqlite":
-            return (
-                f"revision {current or 'none'}, behind: `etl run` upgrades it (or `etl db upgrade`)",
-                problems,
+            return DatabaseStatus(
+                "not created yet: `etl run` creates it (or `etl db upgrade`)", None, head, problems
             )
+        current = store.current_revision()
+        if current == head:
+            return DatabaseStatus(f"revision {current}, up to date", current, head, problems)
+        if store.dialect == "sqlite":
+            status = f"revision {current or 'none'}, behind: `etl run` upgrades it (or `etl db upgrade`)"
+            return DatabaseStatus(status, current, head, problems)
         problems.append(
             f"database: revision {current or 'none (empty)'}, this etl needs {head}: run `etl db upgrade` "
             "(until then `etl run` stops with exit 5)"
         )
-        return f"revision {current or 'none'}, behind", problems
+        return DatabaseStatus(f"revision {current or 'none'}, behind", current, head, problems)
     finally:
         store.close()
 
@@ -343,7 +402,7 @@ def _sqlite_file_problems(store: StateStore) -> list[str]:
 
 
 # -- db ----------------------------------------------------------------------------------------------
-@cli.group()
+@cli.group(cls=HelpGroup)
 def db() -> None:
     """Alembic migrations of the state database."""
 
@@ -361,25 +420,37 @@ def db_upgrade(obj: Cli) -> None:
 
 
 @db.command("current")
+@_json_option
 @click.pass_obj
-def db_current(obj: Cli) -> None:
+def db_current(obj: Cli, as_json: bool) -> None:
     """Show the database's schema revision and the newest one this etl knows."""
     store = obj.store(migrate_check=False)
     current, head = store.current_revision(), store.head_revision()
+    if as_json:
+        _echo_json(
+            {
+                "database": redact_url(store.url),
+                "revision": current,
+                "head": head,
+                "up_to_date": current == head,
+            }
+        )
+        return
     state = "up to date" if current == head else "behind: run `etl db upgrade`"
     click.echo(f"{redact_url(store.url)}: revision {current or 'none (empty)'}, head {head} ({state})")
 
 
 # -- state -------------------------------------------------------------------------------------------
-@cli.group()
+@cli.group(cls=HelpGroup)
 def state() -> None:
     """Inspect or move watermarks."""
 
 
 @state.command("show")
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")
+@_json_option
 @click.pass_obj
-def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
+def state_show(obj: Cli, jobs: tuple[str, ...], as_json: bool) -> None:
     """Watermarks, snapshot counts, outbox backlog and lock of each job.
 
     \b
@@ -391,6 +462,22 @@ def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
     for job in settings.select(list(jobs)):
         marks, snaps = store.watermarks(job.name), store.snapshot_counts(job.name)
         backlog, leases = store.outbox_counts(job.name), store.leases(job.name)
+        if as_json:
+            _echo_json(
+                {
+                    "job": job.name,
+                    "streams": {
+                        s: {"watermark": iso_z(marks.get(s)), "snapshots": snaps.get(s, 0)}
+                        for s in job.streams
+                    },
+                    "outbox": {k: backlog.get(k, 0) for k in ("pending", "failed", "sent")},
+                    "leases": [
+                        {"name": name, "owner": owner, "expires_at": iso_z(expires)}
+                        for name, owner, expires in leases
+                    ],
+                }
+            )
+            continue
         click.echo(f"job {job.name}")
         rows = [[s, iso_z(marks.get(s)) or "-", str(snaps.get(s, 0))] for s in job.streams]
         click.echo(render_table(["stream", "watermark", "snapshots"], rows, indent="  "))
@@ -414,6 +501,8 @@ def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
 @click.pass_obj
 def state_set(obj: Cli, job: str, stream: str, ts: str, force: bool) -> None:
     """Move a watermark by hand (also backwards: the next run re-reads from there).
+
+    TS is an ISO 8601 timestamp or date; without an offset (2026-03-01, 2026-03-01T09:00) it is UTC.
 
     \b
     Example:
@@ -464,20 +553,18 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
     rows = obj.store().runs(job, limit)
     if as_json:
         for r in rows:
-            click.echo(
-                json.dumps(
-                    {
-                        "id": r.id,
-                        "job": r.job,
-                        "mode": r.mode,
-                        "started_at": iso_z(r.started_at) or "-",
-                        "finished_at": iso_z(r.finished_at) or "-",
-                        "status": r.status,
-                        "window": r.window,
-                        "counts": r.counts,
-                        "error": r.error,
-                    }
-                )
+            _echo_json(
+                {
+                    "id": r.id,
+                    "job": r.job,
+                    "mode": r.mode,
+                    "started_at": iso_z(r.started_at),
+                    "finished_at": iso_z(r.finished_at),
+                    "status": r.status,
+                    "window": r.window,
+                    "counts": r.counts,
+                    "error": r.error,
+                }
             )
         return
     table = []
@@ -508,7 +595,7 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
     click.echo(render_table(header, table))
 
 
-class OutboxGroup(click.Group):
+class OutboxGroup(HelpGroup):
     """`etl outbox [JOB]` lists; `etl outbox retry|prune JOB` act. An unknown first word is a JOB to list, so
     `etl outbox shop` works and a job that happens to be named `prune` is still listed by `etl outbox list prune`."""
 
@@ -537,8 +624,9 @@ def outbox() -> None:
 @click.option(
     "--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="How many items."
 )
+@_json_option
 @click.pass_obj
-def outbox_list(obj: Cli, job: str | None, status: str | None, limit: int) -> None:
+def outbox_list(obj: Cli, job: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """List outbox items, newest first (the default: `etl outbox [JOB]` is `etl outbox list [JOB]`).
 
     \b
@@ -548,6 +636,10 @@ def outbox_list(obj: Cli, job: str | None, status: str | None, limit: int) -> No
     if job:
         obj.settings().select([job])
     items = obj.store().outbox_items(job, status, limit)
+    if as_json:
+        for i in items:
+            _echo_json({**i, "created_at": iso_z(i["created_at"]), "sent_at": iso_z(i["sent_at"])})
+        return
     if not items:
         click.echo("outbox is empty" + (f" for {status} items" if status else ""))
         return
@@ -630,7 +722,7 @@ def demo(obj: Cli, seed: int, workdir: str | None) -> None:
     sys.exit(run_demo(seed=seed, workdir=Path(workdir) if workdir else None))
 
 
-@cli.group()
+@cli.group(cls=HelpGroup)
 def sandbox() -> None:
     """The built-in fake Intercom and Klaviyo servers."""
 

@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from etl.cli import cli
 from etl.models import OutboxEntry
-from etl.state import StateStore
+from etl.state import StateStore, redact_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -458,3 +459,118 @@ def test_check_refuses_a_metric_name_klaviyo_would_refuse(tmp_path: Path) -> Non
         "etl: error: jobs.shop.metric_names.Resolved Ticket: 128 characters; Klaviyo accepts metric names of at "
         "most 127"
     )
+
+
+def test_help_gives_every_commands_whole_summary() -> None:
+    """`etl --help` and each group's help show each command's first sentence whole, never cut with "..."."""
+    from etl.cli import cli as group
+
+    groups = {"": group, **{name: c for name, c in group.commands.items() if isinstance(c, click.Group)}}
+    assert set(groups) == {"", "db", "outbox", "sandbox", "state"}
+    for name, command_group in groups.items():
+        out = invoke(*([name] if name else []), "--help").stdout.split("\nCommands:\n")[1]
+        assert "..." not in out
+        flat = " ".join(out.split())
+        for sub, command in command_group.commands.items():
+            summary = " ".join((command.help or "").split("\n\n")[0].split())
+            assert f"{sub} {summary}" in flat
+
+
+def test_help_says_timestamps_without_an_offset_are_utc() -> None:
+    """--since, --until and `state set`'s TS: the help says what a naive timestamp means."""
+    run_help = " ".join(invoke("run", "--help").stdout.split())
+    assert "--since TS Backfill from this time (ISO 8601 or date; UTC unless it has an offset)" in run_help
+    assert "--until TS Backfill up to this time (exclusive; UTC unless it has an offset)" in run_help
+    set_help = " ".join(invoke("state", "set", "--help").stdout.split())
+    assert (
+        "TS is an ISO 8601 timestamp or date; without an offset (2026-03-01, 2026-03-01T09:00) it is UTC."
+        in (set_help)
+    )
+
+
+def test_json_output_of_state_show_outbox_check_and_db_current(config: Path, db_url: str) -> None:
+    """--json: one JSON object per line, times in UTC or null, like `etl runs --json`."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    env = {"IC_TOKEN": "t", "KL_KEY": "k"}
+    assert json.loads(invoke("--config", str(config), "db", "current", "--json").stdout) == {
+        "database": redact_url(db_url),
+        "revision": None,
+        "head": "0001",
+        "up_to_date": False,
+    }
+    invoke("--config", str(config), "db", "upgrade")
+    invoke("--config", str(config), "state", "set", "shop", "tickets", "2026-03-01T09:00")
+    store = StateStore(db_url)
+    now = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    with store.transaction() as conn:
+        store.enqueue(conn, "shop", [OutboxEntry("event", "e1", {"x": 1})], None, now)
+    store.acquire_lock("shop:backfill:w", "host:1:ab", timedelta(minutes=5), now)
+    store.start_run("shop", "incremental", None, now)  # still running: no finished_at
+    store.close()
+    (run,) = map(json.loads, invoke("--config", str(config), "runs", "--json").stdout.splitlines())
+    assert run["started_at"] == "2026-03-01T10:00:00Z" and run["finished_at"] is None
+    (shown,) = map(json.loads, invoke("--config", str(config), "state", "show", "--json").stdout.splitlines())
+    assert shown == {
+        "job": "shop",
+        "streams": {
+            "contacts": {"watermark": None, "snapshots": 0},
+            "conversations": {"watermark": None, "snapshots": 0},
+            "tickets": {"watermark": "2026-03-01T09:00:00Z", "snapshots": 0},
+        },
+        "outbox": {"pending": 1, "failed": 0, "sent": 0},
+        "leases": [{"name": "shop:backfill:w", "owner": "host:1:ab", "expires_at": "2026-03-01T10:05:00Z"}],
+    }
+    (item,) = map(json.loads, invoke("--config", str(config), "outbox", "shop", "--json").stdout.splitlines())
+    assert {k: v for k, v in item.items() if k != "id"} == {
+        "job": "shop",
+        "kind": "event",
+        "unique_id": "e1",
+        "status": "pending",
+        "attempts": 0,
+        "last_error": None,
+        "created_at": "2026-03-01T10:00:00Z",
+        "sent_at": None,
+    }
+    checked = [
+        json.loads(line)
+        for line in invoke("--config", str(config), "check", "--json", env=env).stdout.splitlines()
+    ]
+    assert checked == [
+        {
+            "job": "shop",
+            "streams": ["contacts", "conversations", "tickets"],
+            "intercom": "http://127.0.0.1:1",
+            "klaviyo": "http://127.0.0.1:1",
+            "credentials": "not checked",
+        },
+        {
+            "database": checked[1]["database"],
+            "revision": "0001",
+            "head": "0001",
+            "status": "revision 0001, up to date",
+        },
+    ]
+
+
+def test_the_readmes_shell_completion_commands_produce_a_script() -> None:
+    """Each `_ETL_COMPLETE=<shell>_source etl` the README gives prints that shell's completion script for etl."""
+    import re
+
+    documented = re.findall(r"_ETL_COMPLETE=(\w+)_source etl", (ROOT / "README.md").read_text())
+    assert documented == ["bash", "zsh", "fish"]
+    expected = {
+        "bash": "complete -o nosort -F _etl_completion etl",
+        "zsh": "compdef _etl_completion etl",
+        "fish": 'complete --no-files --command etl --arguments "(_etl_completion)"',
+    }
+    for shell in documented:
+        proc = subprocess.run(
+            [sys.executable, "-m", "etl"],
+            env={**os.environ, "_ETL_COMPLETE": f"{shell}_source"},
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0 and proc.stderr == ""
+        assert expected[shell] in proc.stdout
