@@ -10,8 +10,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,14 +20,39 @@ from typing import Any, NoReturn
 import click
 
 from etl import __version__, logs
-from etl.config import Settings, config_path, load_settings, missing_secrets, parse_duration, parse_timestamp
-from etl.errors import ConfigError, EtlError, UsageError
+from etl.config import (
+    ENV_DATABASE_URL,
+    JobSettings,
+    Settings,
+    config_path,
+    env_database_url,
+    load_settings,
+    missing_secrets,
+    parse_duration,
+    parse_timestamp,
+)
+from etl.errors import ConfigError, EtlError, Interrupted, LockHeld, UsageError
+from etl.lease import LeaseKeeper
 from etl.models import STREAMS, RunOptions, iso_z
 from etl.report import render_table
 from etl.state import StateStore, redact_url
 
 
-class EtlGroup(click.Group):
+class HelpGroup(click.Group):
+    """A group whose help gives each command's whole first sentence: click cuts it to one line with "..."."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class EtlGroup(HelpGroup):
     """Turns every EtlError into its one-line message and exit code; a bug is exit 1 without a traceback."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -36,6 +62,12 @@ class EtlGroup(click.Group):
             logs.configure(p["log_format"], _verbosity(p["log_level"], p["verbose"], p["quiet"]))
         return rest
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:  # `etl --help | head`: the help is written while the arguments are parsed
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:
+            _stdout_closed()
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -43,8 +75,16 @@ class EtlGroup(click.Group):
             _fail(str(exc), exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
+        except BrokenPipeError:
+            _stdout_closed()
+        except KeyboardInterrupt as exc:
+            stop = Interrupted.of(exc)
+            if ctx.invoked_subcommand == "run":
+                _fail(
+                    f"{stop}: the run is recorded as failed and its lease released; running again resumes",
+                    stop.exit_code,
+                )
+            _fail(str(stop), stop.exit_code)
         except Exception as exc:  # a bug: say so on one line; -v shows the traceback
             obj = ctx.obj if isinstance(ctx.obj, Cli) else None
             trace = None
@@ -61,7 +101,20 @@ class EtlGroup(click.Group):
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
+
+
+def _stdout_closed() -> NoReturn:
+    """Whoever reads our stdout stopped (`etl run --dry-run | head`): end quietly with exit 0, like `cat`.
+
+    Python ignores SIGPIPE, so the closed pipe arrives as BrokenPipeError on a write. What is still buffered
+    for stdout would fail again when the interpreter flushes it at exit ("Exception ignored …", exit 120), so
+    stdout is pointed at /dev/null first (the recipe of the Python docs, "Note on SIGPIPE").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(0)
 
 
 def _fail(message: str, code: int, trace: str | None = None) -> NoReturn:
@@ -81,19 +134,32 @@ class Cli:
 
     def store(self, *, migrate_check: bool = True) -> StateStore:
         path = config_path(self.config, os.environ)
-        if not path.exists() and os.environ.get("ETL_DATABASE_URL"):
-            url = os.environ["ETL_DATABASE_URL"]  # db commands work without a jobs.yaml
+        if not path.exists() and os.environ.get(ENV_DATABASE_URL):
+            url = env_database_url(os.environ)  # db commands work without a jobs.yaml
         else:
             url = self.settings().database_url
-        store = StateStore(url)
+        if not migrate_check:
+            store = StateStore(url)
+        else:
+            from etl.runner import writable_store
+
+            store = writable_store(url)  # says so when it creates the database
         click.get_current_context().call_on_close(store.close)  # no connection outlives the command
-        if migrate_check:
-            store.ensure_schema()
         return store
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+# --json: one JSON object per line (NDJSON), times as ISO 8601 UTC (`…Z`) or null, as `etl runs --json` began
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line instead of the table (times in UTC)."
+)
+
+
+def _echo_json(record: dict[str, Any]) -> None:
+    click.echo(json.dumps(record, ensure_ascii=False))
 
 
 @click.group(cls=EtlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -148,9 +214,15 @@ def _verbosity(log_level: str | None, verbose: int, quiet: int) -> int:
 )
 @click.option("--output", metavar="PATH", help="Dry-run output file (NDJSON); default stdout.")
 @click.option(
-    "--since", metavar="TS", help="Backfill from this time (ISO 8601 or date); never moves watermarks."
+    "--since",
+    metavar="TS",
+    help="Backfill from this time (ISO 8601 or date; UTC unless it has an offset); never moves watermarks.",
 )
-@click.option("--until", metavar="TS", help="Backfill up to this time (exclusive); default now.")
+@click.option(
+    "--until",
+    metavar="TS",
+    help="Backfill up to this time (exclusive; UTC unless it has an offset); default now.",
+)
 @click.option(
     "--replay", is_flag=True, help="Re-emit events for the window even where snapshots say nothing changed."
 )
@@ -177,11 +249,34 @@ def run(obj: Cli, jobs: tuple[str, ...], **flags: Any) -> None:
     """
     from etl.runner import run_jobs
 
-    # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so the run is recorded and its lease released
+    # Kubernetes stops a pod with SIGTERM: unwind like Ctrl-C, so the run is recorded and its lease released
     signal.signal(signal.SIGTERM, _interrupt)
     options = _run_options(**flags)  # the options above, by name
-    code = run_jobs(obj.settings(), list(jobs), options, summary=obj.verbosity >= 0)
+    settings = obj.settings()
+    _refuse_empty_backfill(options, settings.select(list(jobs)), _now())
+    code = run_jobs(settings, list(jobs), options, summary=obj.verbosity >= 0)
     sys.exit(code)
+
+
+def _refuse_empty_backfill(options: RunOptions, jobs: list[JobSettings], now: datetime) -> None:
+    """A backfill whose window can emit nothing is a mistake (a wrong year, a slice before start_date), not a
+    quiet success: exit 2 before any work."""
+    since = options.since
+    if since is None:
+        return
+    if since >= now:
+        raise ConfigError(
+            f"--since {iso_z(since)} is in the future: nothing has been updated in that window yet"
+        )
+    until = min(options.until or now, now)
+    problems = [
+        f"job {job.name}: the window [{iso_z(since)}, {iso_z(until)}) ends before its start_date "
+        f"{iso_z(job.start_date)}, and no event older than start_date is ever emitted"
+        for job in jobs
+        if until <= job.start_date
+    ]
+    if problems:
+        raise ConfigError(problems)
 
 
 def _run_options(
@@ -232,9 +327,12 @@ def _run_options(
 @cli.command()
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")
 @click.option("--online", is_flag=True, help="Also test both credentials against the APIs.")
+@_json_option
 @click.pass_obj
-def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
-    """Validate jobs.yaml and the environment (and, with --online, the credentials).
+def check(obj: Cli, jobs: tuple[str, ...], online: bool, as_json: bool) -> None:
+    """Validate jobs.yaml, the environment and the state database (and, with --online, the credentials).
+
+    Exit 2 lists every problem that would make `etl run` fail.
 
     \b
     Examples:
@@ -244,10 +342,18 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
     settings = obj.settings()
     selected = settings.select(list(jobs))
     problems: list[str] = []
+    now = _now()
     for job in selected:
         missing = missing_secrets(job, os.environ)
         for name in missing:
             problems.append(f"jobs.{job.name}: environment variable {name} is not set")
+        if job.start_date > now:  # every window would be empty: runs succeed and send nothing
+            problems.append(
+                f"jobs.{job.name}.start_date: {iso_z(job.start_date)} is in the future: no run reads anything "
+                "until then"
+            )
+    database = _database_status(settings.database_url)
+    problems += database.problems
     if problems:
         raise ConfigError(problems)
     for job in selected:
@@ -256,31 +362,88 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool) -> None:
             from etl.runner import check_online
 
             notes = check_online(job)
+        if as_json:
+            _echo_json(
+                {
+                    "job": job.name,
+                    "streams": list(job.streams),
+                    "intercom": job.intercom.base_url,
+                    "klaviyo": job.klaviyo.base_url,
+                    "credentials": "accepted" if online else "not checked",
+                    "notes": notes,
+                }
+            )
+            continue
         click.echo(
             f"{job.name}: ok ({', '.join(job.streams)}; Intercom {job.intercom.base_url}, "
             f"Klaviyo {job.klaviyo.base_url}{'; credentials accepted' if online else ''})"
         )
         for line in notes:  # native Intercom metrics and the flows to re-point (docs/design.md §4)
             click.echo(line)
-    click.echo(f"database: {redact_url(settings.database_url)} ({_database_status(settings.database_url)})")
+    url = redact_url(settings.database_url)
+    if as_json:
+        _echo_json(
+            {"database": url, "revision": database.revision, "head": database.head, "status": database.status}
+        )
+    else:
+        click.echo(f"database: {url} ({database.status})")
 
 
-def _database_status(url: str) -> str:
-    """Whether the state database exists and is at the newest revision (read-only; exit 5 if unreachable)."""
+@dataclass
+class DatabaseStatus:
+    status: str  # for the operator: what `etl run` will find, and do
+    revision: str | None = None
+    head: str | None = None
+    problems: list[str] = field(default_factory=list)  # what would make `etl run` fail
+
+
+def _database_status(url: str) -> DatabaseStatus:
+    """What `etl run` will find in the state database, and what would make it fail (read-only; exit 5 if
+    unreachable). On SQLite a missing or old schema is fine: `etl run` creates and upgrades it by itself."""
     store = StateStore(url, read_only=True)
     try:
+        problems = _sqlite_file_problems(store) if store.dialect == "sqlite" else []
+        head = store.head_revision()
         if not store.exists():
-            return "not created yet: run `etl db upgrade`"
-        current, head = store.current_revision(), store.head_revision()
+            return DatabaseStatus(
+                "not created yet: `etl run` creates it (or `etl db upgrade`)", None, head, problems
+            )
+        current = store.current_revision()
         if current == head:
-            return f"revision {current}, up to date"
-        return f"revision {current or 'none'}, behind: run `etl db upgrade`"
+            return DatabaseStatus(f"revision {current}, up to date", current, head, problems)
+        if store.dialect == "sqlite":
+            status = f"revision {current or 'none'}, behind: `etl run` upgrades it (or `etl db upgrade`)"
+            return DatabaseStatus(status, current, head, problems)
+        problems.append(
+            f"database: revision {current or 'none (empty)'}, this etl needs {head}: run `etl db upgrade` "
+            "(until then `etl run` stops with exit 5)"
+        )
+        return DatabaseStatus(f"revision {current or 'none'}, behind", current, head, problems)
     finally:
         store.close()
 
 
+def _sqlite_file_problems(store: StateStore) -> list[str]:
+    """An SQLite database needs a directory that exists and that it may write (its -wal and -shm files live
+    beside it), and a file it may write; without them every `etl run` fails with exit 5."""
+    path = Path(store.location)
+    if not path.is_absolute():  # in memory
+        return []
+    if not path.parent.is_dir():
+        what = "is not a directory" if path.parent.exists() else "does not exist"
+        return [f"database: directory {path.parent} {what}; create it or change database_url"]
+    problems = []
+    if not os.access(path.parent, os.W_OK):
+        problems.append(
+            f"database: directory {path.parent} is read-only; SQLite writes its journal beside {path.name}"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        problems.append(f"database: {path} is read-only")
+    return problems
+
+
 # -- db ----------------------------------------------------------------------------------------------
-@cli.group()
+@cli.group(cls=HelpGroup)
 def db() -> None:
     """Alembic migrations of the state database."""
 
@@ -298,25 +461,37 @@ def db_upgrade(obj: Cli) -> None:
 
 
 @db.command("current")
+@_json_option
 @click.pass_obj
-def db_current(obj: Cli) -> None:
+def db_current(obj: Cli, as_json: bool) -> None:
     """Show the database's schema revision and the newest one this etl knows."""
     store = obj.store(migrate_check=False)
     current, head = store.current_revision(), store.head_revision()
+    if as_json:
+        _echo_json(
+            {
+                "database": redact_url(store.url),
+                "revision": current,
+                "head": head,
+                "up_to_date": current == head,
+            }
+        )
+        return
     state = "up to date" if current == head else "behind: run `etl db upgrade`"
     click.echo(f"{redact_url(store.url)}: revision {current or 'none (empty)'}, head {head} ({state})")
 
 
 # -- state -------------------------------------------------------------------------------------------
-@cli.group()
+@cli.group(cls=HelpGroup)
 def state() -> None:
     """Inspect or move watermarks."""
 
 
 @state.command("show")
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")
+@_json_option
 @click.pass_obj
-def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
+def state_show(obj: Cli, jobs: tuple[str, ...], as_json: bool) -> None:
     """Watermarks, snapshot counts, outbox backlog and lock of each job.
 
     \b
@@ -328,6 +503,22 @@ def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
     for job in settings.select(list(jobs)):
         marks, snaps = store.watermarks(job.name), store.snapshot_counts(job.name)
         backlog, leases = store.outbox_counts(job.name), store.leases(job.name)
+        if as_json:
+            _echo_json(
+                {
+                    "job": job.name,
+                    "streams": {
+                        s: {"watermark": iso_z(marks.get(s)), "snapshots": snaps.get(s, 0)}
+                        for s in job.streams
+                    },
+                    "outbox": {k: backlog.get(k, 0) for k in ("pending", "failed", "sent")},
+                    "leases": [
+                        {"name": name, "owner": owner, "expires_at": iso_z(expires)}
+                        for name, owner, expires in leases
+                    ],
+                }
+            )
+            continue
         click.echo(f"job {job.name}")
         rows = [[s, iso_z(marks.get(s)) or "-", str(snaps.get(s, 0))] for s in job.streams]
         click.echo(render_table(["stream", "watermark", "snapshots"], rows, indent="  "))
@@ -345,9 +536,14 @@ def state_show(obj: Cli, jobs: tuple[str, ...]) -> None:
 @click.argument("job")
 @click.argument("stream")
 @click.argument("ts")
+@click.option(
+    "--force", is_flag=True, help="Accept a watermark in the future (the stream is not read until then)."
+)
 @click.pass_obj
-def state_set(obj: Cli, job: str, stream: str, ts: str) -> None:
+def state_set(obj: Cli, job: str, stream: str, ts: str, force: bool) -> None:
     """Move a watermark by hand (also backwards: the next run re-reads from there).
+
+    TS is an ISO 8601 timestamp or date; without an offset (2026-03-01, 2026-03-01T09:00) it is UTC.
 
     \b
     Example:
@@ -363,9 +559,20 @@ def state_set(obj: Cli, job: str, stream: str, ts: str) -> None:
         value = parse_timestamp(ts)
     except ValueError as exc:
         raise UsageError(f"TS: {exc}") from None
+    if value > _now() and not force:  # runs read [watermark - lookback, now): none would read this stream
+        raise UsageError(
+            f"TS {iso_z(value)} is in the future: no run would read {stream} until then; "
+            "pass --force if that is what you want"
+        )
     store = obj.store()
-    before = store.watermarks(job).get(stream)
-    store.set_watermark(job, stream, value, _now(), force=True)
+    # the job's lease, as a run takes it: a run going now would overwrite the watermark when it finishes
+    owner = f"etl-state-set:{socket.gethostname()}:{os.getpid()}"
+    try:
+        with LeaseKeeper.held(store, job, owner, selected.lock_ttl, _now):
+            before = store.watermarks(job).get(stream)
+            store.set_watermark(job, stream, value, _now(), force=True)
+    except LockHeld as exc:
+        raise LockHeld(f"{job}/{stream}: watermark not moved: {exc}") from None
     click.echo(f"{job}/{stream}: watermark {iso_z(before) or '-'} -> {iso_z(value) or '-'}")
 
 
@@ -387,20 +594,18 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
     rows = obj.store().runs(job, limit)
     if as_json:
         for r in rows:
-            click.echo(
-                json.dumps(
-                    {
-                        "id": r.id,
-                        "job": r.job,
-                        "mode": r.mode,
-                        "started_at": iso_z(r.started_at) or "-",
-                        "finished_at": iso_z(r.finished_at) or "-",
-                        "status": r.status,
-                        "window": r.window,
-                        "counts": r.counts,
-                        "error": r.error,
-                    }
-                )
+            _echo_json(
+                {
+                    "id": r.id,
+                    "job": r.job,
+                    "mode": r.mode,
+                    "started_at": iso_z(r.started_at),
+                    "finished_at": iso_z(r.finished_at),
+                    "status": r.status,
+                    "window": r.window,
+                    "counts": r.counts,
+                    "error": r.error,
+                }
             )
         return
     table = []
@@ -431,7 +636,7 @@ def runs_cmd(obj: Cli, job: str | None, limit: int, as_json: bool) -> None:
     click.echo(render_table(header, table))
 
 
-class OutboxGroup(click.Group):
+class OutboxGroup(HelpGroup):
     """`etl outbox [JOB]` lists; `etl outbox retry|prune JOB` act. An unknown first word is a JOB to list, so
     `etl outbox shop` works and a job that happens to be named `prune` is still listed by `etl outbox list prune`."""
 
@@ -460,8 +665,9 @@ def outbox() -> None:
 @click.option(
     "--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="How many items."
 )
+@_json_option
 @click.pass_obj
-def outbox_list(obj: Cli, job: str | None, status: str | None, limit: int) -> None:
+def outbox_list(obj: Cli, job: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """List outbox items, newest first (the default: `etl outbox [JOB]` is `etl outbox list [JOB]`).
 
     \b
@@ -471,6 +677,10 @@ def outbox_list(obj: Cli, job: str | None, status: str | None, limit: int) -> No
     if job:
         obj.settings().select([job])
     items = obj.store().outbox_items(job, status, limit)
+    if as_json:
+        for i in items:
+            _echo_json({**i, "created_at": iso_z(i["created_at"]), "sent_at": iso_z(i["sent_at"])})
+        return
     if not items:
         click.echo("outbox is empty" + (f" for {status} items" if status else ""))
         return
@@ -553,7 +763,7 @@ def demo(obj: Cli, seed: int, workdir: str | None) -> None:
     sys.exit(run_demo(seed=seed, workdir=Path(workdir) if workdir else None))
 
 
-@cli.group()
+@cli.group(cls=HelpGroup)
 def sandbox() -> None:
     """The built-in fake Intercom and Klaviyo servers."""
 
@@ -584,8 +794,12 @@ def main() -> None:
             sys.exit(exc.exit_code)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         _fail(exc.format_message().replace("\n", " ") + hint, exc.exit_code)
-    except click.Abort:
-        _fail("interrupted", 130)
+    except click.Abort:  # Ctrl-C while click parsed the arguments
+        _fail(str(Interrupted(signal.SIGINT)), Interrupted(signal.SIGINT).exit_code)
+    try:
+        sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at interpreter exit
+    except BrokenPipeError:
+        _stdout_closed()
     sys.exit(code if isinstance(code, int) else 0)
 
 

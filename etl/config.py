@@ -19,16 +19,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import phonenumbers
+import sqlalchemy as sa
 import yaml
 
 from etl.errors import ConfigError
 from etl.events import EVENT_PROPERTY_KEYS, METRICS
 from etl.http import DEFAULT_RETRY_BUDGET
 from etl.intercom import MAX_PER_PAGE
+from etl.limits import MAX_METRIC_NAME_LENGTH
 from etl.models import STREAMS
 from etl.profiles import PROFILE_PROPERTY_KEYS
+from etl.schema import redact_url
 
-DEFAULT_DATABASE_URL = "sqlite:///etl-state.db"
+DEFAULT_DATABASE_URL = "sqlite:///etl-state.db"  # relative to the directory of jobs.yaml
+ENV_DATABASE_URL = "ETL_DATABASE_URL"  # overrides database_url; db commands need no jobs.yaml with it
 PROPERTY_KEYS = (*EVENT_PROPERTY_KEYS, *PROFILE_PROPERTY_KEYS)  # what property_names may rename
 # docs/design.md §5: older versions answer merged contacts with 404 (not 410 + Link)
 MIN_INTERCOM_VERSION = (2, 16)
@@ -281,6 +285,18 @@ def _names(value: Any, path: str, out: _Collector, allowed: tuple[str, ...] | No
     return result
 
 
+def _metric_names(value: Any, path: str, out: _Collector) -> dict[str, str]:
+    """`metric_names` overrides; a name Klaviyo would refuse is a problem now, not a failed run later."""
+    names = _names(value, path, out, METRICS)
+    for key, name in names.items():
+        if len(name) > MAX_METRIC_NAME_LENGTH:
+            out.add(
+                f"{path}.{key}",
+                f"{len(name)} characters; Klaviyo accepts metric names of at most {MAX_METRIC_NAME_LENGTH}",
+            )
+    return names
+
+
 def _retry_budget(api: Mapping[str, Any], path: str, out: _Collector) -> timedelta:
     """How long one request to that API may keep failing before the run gives up (docs/design.md §5)."""
     if "retry_budget" not in api:
@@ -380,7 +396,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
             timedelta(0),
         ),
         default_phone_region=region.upper(),
-        metric_names=_names(body.get("metric_names"), f"{path}.metric_names", out, METRICS),
+        metric_names=_metric_names(body.get("metric_names"), f"{path}.metric_names", out),
         property_names=_names(body.get("property_names"), f"{path}.property_names", out, PROPERTY_KEYS),
         lock_ttl=out.convert(body.get("lock_ttl", "10m"), f"{path}.lock_ttl", parse_duration, timedelta(0)),
     )
@@ -402,10 +418,12 @@ def parse_settings(text: str, environ: Mapping[str, str], path: Path | None = No
     out = _Collector()
     document = _expand(document, "", environ, out)
     top = out.mapping(document, "(top level)", ("database_url", "jobs"), required=("jobs",))
-    database_url = environ.get("ETL_DATABASE_URL") or top.get("database_url") or DEFAULT_DATABASE_URL
-    if not isinstance(database_url, str) or "://" not in database_url:
-        out.add(
-            "database_url", f"expected an SQLAlchemy URL like sqlite:///etl-state.db, got {database_url!r}"
+    if environ.get("ETL_DATABASE_URL"):
+        database_url = _database_url(environ["ETL_DATABASE_URL"], ENV_DATABASE_URL, None, out)
+    else:
+        anchor = path.absolute().parent if path is not None else None
+        database_url = _database_url(
+            top.get("database_url") or DEFAULT_DATABASE_URL, "database_url", anchor, out
         )
     jobs: dict[str, JobSettings] = {}
     raw_jobs = top.get("jobs")
@@ -418,7 +436,72 @@ def parse_settings(text: str, environ: Mapping[str, str], path: Path | None = No
                 jobs[str(name)] = job
     if out.problems:
         raise ConfigError(out.problems)
-    return Settings(database_url=str(database_url), jobs=jobs, path=path)
+    return Settings(database_url=database_url, jobs=jobs, path=path)
+
+
+def _database_url(value: Any, where: str, anchor: Path | None, out: _Collector) -> str:
+    """The state database's URL, with a relative SQLite path made absolute against `anchor` (docs/design.md §3.2).
+
+    Cron runs in $HOME and a shell wherever it stands: a path relative to the working directory would give
+    each of them a database of its own, so a second run would start again from start_date and re-send
+    everything. The directory of jobs.yaml is the one place they share (taken as named, not resolved: a
+    Kubernetes ConfigMap mounts jobs.yaml through a symlink into a directory that changes on every update).
+    A URL from ETL_DATABASE_URL has no such directory, so a relative SQLite path there is refused (`anchor`
+    None) rather than left to the working directory. Without a file (`parse_settings` of a text) it stays.
+    """
+    example = "sqlite:///etl-state.db or postgresql+psycopg://user@host/dbname"
+    if not isinstance(value, str) or "://" not in value:
+        out.add(where, f"expected an SQLAlchemy URL like {example}, got {value!r}")
+        return str(value)
+    try:
+        url = sa.make_url(value)
+    except sa.exc.ArgumentError:
+        out.add(where, f"expected an SQLAlchemy URL like {example}, got {redact_url(value)!r}")
+        return value
+    # the store speaks these two dialects only (its upserts are dialect-specific): anything else is a
+    # configuration mistake (exit 2), not a database failure at the first connection (exit 5)
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        out.add(
+            where, f"unsupported database {url.drivername}:// in {redact_url(value)!r}: expected {example}"
+        )
+        return value
+    try:
+        url.get_dialect().import_dbapi()
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        out.add(
+            where,
+            f"the driver of {url.drivername}:// is not installed ({exc}): expected {example}",
+        )
+        return value
+    database = url.database
+    if (
+        url.get_backend_name() != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+        or Path(database).is_absolute()
+    ):
+        return value
+    if where == ENV_DATABASE_URL:
+        out.add(
+            where,
+            f"{redact_url(value)} is a relative SQLite path, which would depend on the working directory; "
+            "give an absolute one (four slashes: sqlite:////var/lib/etl/state.db) or set database_url in "
+            "jobs.yaml, where a relative path is relative to jobs.yaml",
+        )
+        return value
+    if anchor is None:
+        return value
+    return url.set(database=str(anchor / database)).render_as_string(hide_password=False)
+
+
+def env_database_url(environ: Mapping[str, str]) -> str:
+    """ETL_DATABASE_URL checked as jobs.yaml's database_url is (the db commands work without a jobs.yaml)."""
+    out = _Collector()
+    url = _database_url(environ[ENV_DATABASE_URL], ENV_DATABASE_URL, None, out)
+    if out.problems:
+        raise ConfigError(out.problems)
+    return url
 
 
 def config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:

@@ -5,6 +5,8 @@ Messages are one line: what failed and what to do. They never contain a secret.
 
 from __future__ import annotations
 
+import signal
+
 
 class EtlError(Exception):
     """Root of every error the job reports to its user."""
@@ -67,6 +69,28 @@ class LockHeld(EtlError):
     """Another run of the same job holds the lease; cron can simply try again (EX_TEMPFAIL)."""
 
     exit_code = 75
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal raised in the main thread: SIGTERM (Kubernetes stopping a pod) by the handler `etl run`
+    installs, SIGINT (Ctrl-C) as Python's own KeyboardInterrupt (`of` names it). A KeyboardInterrupt, so the
+    run unwinds the same way for both: recorded as failed, its lease released. The exit code is 128 + the
+    signal's number (130, 143), as a shell reports a process that signal ended."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        self.signal = signal.Signals(signum)
+        super().__init__(self.signal.name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal.value
+
+    @classmethod
+    def of(cls, exc: KeyboardInterrupt) -> Interrupted:
+        return exc if isinstance(exc, Interrupted) else cls(signal.SIGINT)
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal.name}"
 
 
 # Exit codes by severity, for `etl run` over several jobs: the worst one wins.

@@ -17,6 +17,9 @@ MAX_STRING_BYTES = 100_000  # Klaviyo: "each string cannot be larger than 100 KB
 MAX_PROPERTIES = 400  # Klaviyo: event properties "must not exceed 400 properties" (POST /api/events)
 MAX_DEPTH = 10  # Klaviyo ingestion limits: "Max levels of nested objects: 10"
 MAX_ARRAY_ITEMS = 4_000  # Klaviyo ingestion limits: "Max number of items in arrays: 4000"
+# Klaviyo 2026-07-15, MetricCreateQueryResourceObject (the metric of each event in POST
+# /api/event-bulk-create-jobs): its name "Must be less than 128 characters."
+MAX_METRIC_NAME_LENGTH = 127
 
 
 @dataclass(frozen=True)

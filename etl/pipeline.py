@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from etl import logs
 from etl.config import JobSettings
-from etl.errors import EtlError
+from etl.errors import EtlError, Interrupted
 from etl.inference import Inference
 from etl.intercom import IntercomClient
 from etl.klaviyo import DEFAULT_NAMES, KlaviyoClient, Names
@@ -120,6 +120,12 @@ class JobRun:
                 self.finish("succeeded" if not self.rejected else "rejected", None)
             except EtlError as exc:
                 self.finish("failed", str(exc))
+                raise
+            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run history says which
+                self.finish("failed", str(Interrupted.of(exc)))
+                raise
+            except BrokenPipeError:  # a dry-run's reader went away (`| head`): not a bug, nothing to report
+                self.finish("failed", "stdout closed: nobody reads the output any more")
                 raise
             except BaseException as exc:
                 self.finish("failed", f"{type(exc).__name__}: {logs.scrub(str(exc))[:300]}")

@@ -27,16 +27,36 @@ log = logs.get_logger("runner")
 NATIVE_INTEGRATION = "Intercom"  # integration.name of the metrics Klaviyo's own Intercom integration records
 
 
+def writable_store(url: str) -> StateStore:
+    """The state store at the newest schema (SQLite: created or upgraded; creating it is announced)."""
+    store = StateStore(url)
+    if not store.exists():  # a wrong path would otherwise start again from start_date, silently
+        log.warning(
+            "creating a new state database: none was there, so every job starts from its start_date "
+            "(if yours lives elsewhere, point database_url at it)",
+            extra={"fields": {"database": store.location}},
+        )
+    try:
+        store.ensure_schema()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
 def open_store(url: str, *, dry_run: bool) -> StateStore | None:
     """The state store; in dry-run read-only, and None when the database does not exist or is empty."""
-    store = StateStore(url, read_only=dry_run)
     if not dry_run:
-        store.ensure_schema()
-        return store
-    if not store.exists() or store.current_revision() is None:
+        return writable_store(url)
+    store = StateStore(url, read_only=True)
+    try:
+        if not store.exists() or store.current_revision() is None:
+            store.close()
+            return None
+        store.check_schema()
+    except BaseException:
         store.close()
-        return None
-    store.check_schema()
+        raise
     return store
 
 
@@ -156,6 +176,14 @@ def _run_one(
     except EtlError as exc:
         stderr.write(logs.error_line(str(exc), exc.exit_code, job=job.name) + "\n")
         code = exc.exit_code
+    except (
+        KeyboardInterrupt
+    ):  # Ctrl-C or SIGTERM: what was done so far, then the CLI's one line and exit code
+        if job_run is not None:
+            stderr.write(summary_of(job_run.report) + "\n")
+        raise
+    except BrokenPipeError:  # nobody reads the dry-run's stdout any more (`| head`): the CLI ends quietly
+        raise
     except Exception as exc:  # a bug in one job must not keep the others from running
         log.exception("unexpected error", extra={"fields": {"job": job.name}})
         message = f"unexpected error ({type(exc).__name__}: {logs.scrub(str(exc))[:200]}); this is a bug, please report it"

@@ -70,6 +70,14 @@ class StateStore(Migrations):
         database = sa.make_url(self.url).database
         return not database or database == ":memory:" or Path(database).exists()
 
+    @property
+    def location(self) -> str:
+        """Where the database is, for messages: an SQLite file's absolute path, else the URL without password."""
+        database = sa.make_url(self.url).database if self.dialect == "sqlite" else None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            return str(Path(database).absolute())
+        return redact_url(self.url)
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -86,7 +86,7 @@ def test_check_online_lists_native_intercom_flows_and_the_api_metric_to_re_point
             f'    flow "Conversation follow-up" [{follow_up.id}, live]: re-point its trigger once that exists\n'
             f"  Resolved Ticket [{resolved.id}] → API metric Resolved Ticket: not created yet: run once first\n"
             f'    flow "CSAT survey" [{survey.id}, draft]: re-point its trigger once that exists\n'
-            f"database: {url} (not created yet: run `etl db upgrade`)\n"
+            f"database: {url} (not created yet: `etl run` creates it (or `etl db upgrade`))\n"
         )
 
         store = StateStore(url)

@@ -44,7 +44,7 @@ def test_example_jobs_yaml_is_valid() -> None:
     """The shipped jobs.yaml parses into the documented defaults."""
     settings = load_settings(ROOT / "jobs.yaml", {})
     job = settings.jobs["intercom_to_klaviyo"]
-    assert settings.database_url == "sqlite:///etl-state.db"
+    assert settings.database_url == f"sqlite:///{ROOT}/etl-state.db"  # beside jobs.yaml, wherever we stand
     assert job.streams == ("contacts", "conversations", "tickets")
     assert job.lookback == timedelta(minutes=15) and job.flow_trigger_max_age == timedelta(hours=24)
     assert job.start_date == datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,6 +70,41 @@ def test_env_expansion_with_defaults_and_override_of_database_url() -> None:
     assert s.jobs["shop"].intercom.base_url == "https://api.au.intercom.io"
     assert s.jobs["shop"].lookback == timedelta(minutes=5)
     assert s.database_url == "postgresql+psycopg://db/etl"
+
+
+@pytest.mark.parametrize(
+    ("database_url", "expected"),
+    [
+        ("sqlite:///state.db", "sqlite:///{conf}/state.db"),
+        ("sqlite:///data/state.db?timeout=5", "sqlite:///{conf}/data/state.db?timeout=5"),
+        ("sqlite+pysqlite:///state.db", "sqlite+pysqlite:///{conf}/state.db"),
+        ("sqlite:////var/lib/etl/state.db", "sqlite:////var/lib/etl/state.db"),
+        ("sqlite://", "sqlite://"),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("postgresql+psycopg://u:pw@db/etl", "postgresql+psycopg://u:pw@db/etl"),
+    ],
+)
+def test_a_relative_sqlite_path_is_relative_to_jobs_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str, expected: str
+) -> None:
+    """Wherever etl is started (cron: $HOME), a relative SQLite path names the file beside jobs.yaml."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "jobs.yaml").write_text(GOOD.replace("sqlite:///state.db", f"'{database_url}'"))
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(Path("conf/jobs.yaml"), {})
+    assert settings.database_url == expected.format(conf=conf)
+
+
+def test_a_relative_sqlite_path_in_etl_database_url_is_refused() -> None:
+    """ETL_DATABASE_URL has no jobs.yaml to be relative to: a relative SQLite path there is exit 2, not the cwd."""
+    assert problems(GOOD, {"ETL_DATABASE_URL": "sqlite:///state.db"}) == [
+        "ETL_DATABASE_URL: sqlite:///state.db is a relative SQLite path, which would depend on the working "
+        "directory; give an absolute one (four slashes: sqlite:////var/lib/etl/state.db) or set database_url "
+        "in jobs.yaml, where a relative path is relative to jobs.yaml"
+    ]
+    absolute = parse_settings(GOOD, {"ETL_DATABASE_URL": "sqlite:////srv/etl/state.db"})
+    assert absolute.database_url == "sqlite:////srv/etl/state.db"
 
 
 def test_unset_env_var_is_reported_with_its_path() -> None:
@@ -267,4 +302,34 @@ def test_retry_budget_per_api_defaults_to_10m_is_validated_and_reaches_the_clien
     assert problems(bad) == [
         "jobs.shop.intercom.retry_budget: must be at least 10s so a request can wait out a rate limit",
         "jobs.shop.klaviyo.retry_budget: expected a duration like 15m, got 'forever'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (
+            "postgres://db/etl",  # Heroku's spelling; SQLAlchemy knows only postgresql://
+            "database_url: unsupported database postgres:// in 'postgres://db/etl': expected "
+            "sqlite:///etl-state.db or postgresql+psycopg://user@host/dbname",
+        ),
+        (
+            "postgresql+nodriver://u:secret@db/etl",
+            "database_url: the driver of postgresql+nodriver:// is not installed (Can't load plugin: "
+            "sqlalchemy.dialects:postgresql.nodriver): expected sqlite:///etl-state.db or "
+            "postgresql+psycopg://user@host/dbname",
+        ),
+    ],
+)
+def test_a_database_url_the_store_cannot_use_is_a_configuration_error(url: str, problem: str) -> None:
+    """Exit 2 naming what is expected, not exit 5 at the first connection; never the password."""
+    assert problems(GOOD.replace("sqlite:///state.db", url)) == [problem]
+
+
+def test_a_metric_name_klaviyo_would_refuse_is_a_problem() -> None:
+    """Klaviyo: a metric name "Must be less than 128 characters": 127 passes, 128 is reported with its path."""
+    text = GOOD.replace("Ticket Opened", "T" * 127)
+    assert parse_settings(text, {}).jobs["shop"].metric_names == {"Created Ticket": "T" * 127}
+    assert problems(GOOD.replace("Ticket Opened", "T" * 128)) == [
+        "jobs.shop.metric_names.Created Ticket: 128 characters; Klaviyo accepts metric names of at most 127"
     ]

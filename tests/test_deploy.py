@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from etl.cli import cli
-from etl.config import parse_settings
+from etl.config import parse_settings, parse_timestamp
 from etl.state import StateStore
 from tests.run_fixtures import IC_TOKEN, KL_KEY, START_DATE, Sandboxes, sandboxes
 
@@ -85,8 +85,9 @@ def test_container_args_are_valid_commands(name: str) -> None:
     assert checked, f"{name} has no container to check"
 
 
-def test_backfill_slices_are_contiguous_months() -> None:
-    """The Indexed Job's shell computes [since, until) slices that tile the year without gaps."""
+def test_backfill_slices_are_contiguous_months_after_start_date() -> None:
+    """The Indexed Job's shell computes [since, until) slices that tile its months without gaps, none of them
+    before the ConfigMap's start_date (`etl run` refuses a window that can emit nothing) or in the future."""
     (job,) = documents("backfill-indexed-job.yaml")
     assert job["spec"]["completionMode"] == "Indexed"
     script = containers(job)[0]["args"][0].replace("exec etl", "echo")
@@ -101,8 +102,18 @@ def test_backfill_slices_are_contiguous_months() -> None:
         ).stdout
         words = shlex.split(out)
         slices.append((words[words.index("--since") + 1], words[words.index("--until") + 1]))
-    assert slices[0][0] == "2025-01-01" and slices[-1][1] == "2026-01-01"
+    assert slices[0][0] == "2026-01-01" and slices[-1][1] == "2026-07-01"
     assert all(a[1] == b[0] for a, b in itertools.pairwise(slices))
+    (config,) = [d for d in documents("configmap.yaml") if d["kind"] == "ConfigMap"]
+    settings = parse_settings(
+        config["data"]["jobs.yaml"], {"ETL_DATABASE_URL": "postgresql+psycopg://db/etl"}
+    )
+    start_date = settings.jobs["intercom_to_klaviyo"].start_date
+    # the Klaviyo revision the job speaks (2026-07-15) is the earliest "now" the example can meet
+    for since, until in slices:
+        assert (
+            start_date <= parse_timestamp(since) < parse_timestamp(until) <= datetime(2026, 7, 15, tzinfo=UTC)
+        )
 
 
 # -- Kubernetes ------------------------------------------------------------------------------------------
@@ -321,6 +332,17 @@ class CronHost:
         if text.startswith("#!"):
             target.chmod(0o755)
 
+    def upgrade(self) -> None:
+        """The README's one-off step before the crontab line: create the state database."""
+        (command,) = [
+            line.strip()
+            for lang, body in cron_blocks()
+            if lang == "sh"
+            for line in body.splitlines()
+            if line.strip().endswith(" db upgrade")
+        ]
+        assert self.run(command)[0] == 0
+
     def run(self, command: str) -> tuple[int, str]:
         """(exit code, mail) of one crontab command."""
         environ = {"HOME": str(self.home), "LOGNAME": "etl", "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh"}
@@ -345,6 +367,7 @@ def test_readme_crontab_runs_quietly_from_home_with_the_tokens_of_the_env_file(t
     )
     with sandboxes() as boxes:
         host = CronHost(tmp_path, boxes)
+        host.upgrade()
         assert host.run(commands[0]) == (0, "")
         assert len(boxes.klaviyo.events) > 0 and len(boxes.klaviyo.profiles) > 0
         assert host.run(commands[1]) == (0, "")
@@ -385,6 +408,7 @@ def test_readme_crontab_mails_a_rejection_with_its_summary(tmp_path: Path) -> No
         contact = next(c for c in boxes.workspace.contacts.values() if "@" in (c.get("email") or ""))
         contact["custom_attributes"]["notes"] = "n" * 5_000  # fits our 100 KB check, not this account's 4 KB
         host = CronHost(tmp_path, boxes)
+        host.upgrade()
         code, mail = host.run(wrapped)
     assert code == 6
     lines = mail.splitlines()

@@ -75,6 +75,8 @@ def test_run_exits_0_with_summary_json_logs_metrics_file_and_run_history(tmp_pat
         assert result.stdout == ""
         records = json_records(result.stderr)
         assert len(records) == len(result.stderr.splitlines())  # JSON mode: every line is a JSON object
+        created, *records = records  # the first run creates the database, and says so
+        assert created["level"] == "warning" and created["database"] == f"{tmp_path}/state.db"
         read = [r for r in records if r["message"] == "stream read"]
         assert [r["stream"] for r in read] == list(STREAMS)
         assert {r["job"] for r in records} == {"shop"} and all(isinstance(r["run_id"], int) for r in read)
@@ -151,6 +153,7 @@ def test_wrong_intercom_token_exits_3_with_one_line_naming_the_variable(tmp_path
     """An Intercom 401 is exit 3 and one line naming the env var; neither token nor traceback is printed."""
     with sandboxes() as boxes:
         config = write_config(tmp_path / "jobs.yaml", f"sqlite:///{tmp_path}/state.db", boxes.job())
+        assert invoke("--config", str(config), "db", "upgrade").exit_code == 0  # no "creating" warning
         result = invoke(
             "--log-format", "text", "--config", str(config), "-q", "run", env={IC_ENV: "wrong-token-9876"}
         )
@@ -225,6 +228,7 @@ def test_quiet_or_a_log_level_above_info_hides_the_summary_and_log_level_wins_ov
     nothing; --log-level info overrides -q and brings back the summary and the info lines."""
     with sandboxes() as boxes:
         config = str(write_config(tmp_path / "jobs.yaml", f"sqlite:///{tmp_path}/state.db", boxes.job()))
+        assert invoke("--config", config, "db", "upgrade").exit_code == 0  # no "creating" warning
         quiet = [
             invoke(*flags, "--config", config, "run")
             for flags in (("-q",), ("-qq",), ("--log-level", "warning"), ("--log-level", "error", "-v"))
@@ -435,3 +439,33 @@ def test_a_pushgateway_url_that_is_no_url_is_refused_before_any_work(tmp_path: P
         2,
         "etl: error: --pushgateway: expected a URL like http://pushgateway:9091, got 'ftp://pushgateway'\n",
     )
+
+
+def test_run_from_elsewhere_uses_the_database_beside_jobs_yaml_and_says_when_it_creates_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from another directory (cron: $HOME), `sqlite:///state.db` is the file beside jobs.yaml; the run that
+    creates it says so in one warning with the absolute path, the next run does not; `etl check` shows it."""
+    conf, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    conf.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with sandboxes() as boxes:
+        config = write_config(conf / "jobs.yaml", "sqlite:///state.db", boxes.job())
+        first = invoke("--config", str(config), "run")
+        second = invoke("--config", str(config), "run")
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert (conf / "state.db").exists() and list(elsewhere.iterdir()) == []
+    warnings = [r for r in json_records(first.stderr) if r["level"] == "warning"]
+    assert [{k: v for k, v in r.items() if k != "ts"} for r in warnings] == [
+        {
+            "level": "warning",
+            "logger": "etl.runner",
+            "message": "creating a new state database: none was there, so every job starts from its start_date "
+            "(if yours lives elsewhere, point database_url at it)",
+            "database": str(conf / "state.db"),
+        }
+    ]
+    assert [r for r in json_records(second.stderr) if r["level"] == "warning"] == []
+    checked = invoke("--config", str(config), "check")
+    assert checked.stdout.splitlines()[-1].startswith(f"database: sqlite:///{conf}/state.db (revision ")

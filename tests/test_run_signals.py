@@ -1,4 +1,4 @@
-"""`etl run` stopped by SIGTERM (Kubernetes ending a pod) records its run and releases its lease."""
+"""`etl run` stopped by SIGTERM (Kubernetes ending a pod) or Ctrl-C records its run and releases its lease."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+
+import pytest
 
 from etl.sandbox.server import Faults
 from etl.state import StateStore
@@ -26,8 +28,13 @@ class Reached(Faults):
         return super().draw()
 
 
-def test_sigterm_ends_the_run_like_ctrl_c(tmp_path: Path) -> None:
-    """SIGTERM mid-run exits 130 with one line, marks the run failed and frees the lease at once."""
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_records_the_run_frees_the_lease_and_exits_128_plus_its_number(
+    tmp_path: Path, signum: signal.Signals, code: int
+) -> None:
+    """SIGTERM (Kubernetes stopping the pod) mid-run exits 143, Ctrl-C's SIGINT 130, as a shell reports a process
+    the signal ended: the summary so far, then one line saying a new run resumes; the run history names the
+    signal and the lease is free at once."""
     url = f"sqlite:///{tmp_path}/state.db"
     with sandboxes() as boxes:
         config = write_config(tmp_path / "jobs.yaml", url, boxes.job())
@@ -42,12 +49,17 @@ def test_sigterm_ends_the_run_like_ctrl_c(tmp_path: Path) -> None:
             text=True,
         )
         assert faults.reached.wait(timeout=20), "the run never reached Intercom"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130
-    assert stderr.strip().splitlines()[-1] == "etl: error: interrupted"
+    assert proc.returncode == code, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"etl: error: interrupted by {signum.name}: the run is recorded as failed and its lease released; "
+        "running again resumes"
+    )
+    assert "job shop (incremental)" in lines and "Traceback" not in stderr
     store = StateStore(url)
     (run,) = store.runs("shop", 5)
-    assert run.status == "failed" and run.error.startswith("KeyboardInterrupt")
+    assert run.status == "failed" and run.error == f"interrupted by {signum.name}"
     assert store.lock_holder("shop") is None
     store.close()
