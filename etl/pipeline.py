@@ -22,12 +22,13 @@ from typing import Any, TextIO
 
 from etl import logs
 from etl.config import JobSettings
-from etl.contacts import ContactBook
+from etl.contacts import CONTACT_CACHE_LIMIT, ContactBook
 from etl.errors import EtlError
 from etl.events import Context, diff
 from etl.intercom import IntercomClient
 from etl.klaviyo import KlaviyoClient, event_resource, profile_resource
 from etl.lease import LeaseKeeper
+from etl.lru import LruCache
 from etl.models import Admin, RunOptions, RunReport, Snapshot, Window
 from etl.profiles import to_profile
 from etl.report import Progress
@@ -40,7 +41,22 @@ log = logs.get_logger("pipeline")
 # itself (a smaller chunk would add requests where bytes are the tighter limit); bounded, so memory is too.
 PROFILE_CHUNK = 30_000
 EVENT_CHUNK = 20_000
+# Contacts whose profile this run queued, and dry-run lines printed (~200 bytes each). Beyond the bound a
+# profile may be queued again (and counted again in `profiles`): harmless, the outbox keeps one item per
+# (job, kind, unique_id). A dry-run may then print a profile line twice (or, with --replay, an event that
+# was pending already): the same upsert or the same deduplicated event, never a different one.
+PROFILED_LIMIT = 50_000
 RESUME_LOOKBACK_RUNS = 100  # backfill runs searched for an unfinished one of the same window and streams
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The per-run bounds (DESIGN §7 "No bound drops work"); tests lower them to cross them on small workspaces."""
+
+    contact_cache: int = CONTACT_CACHE_LIMIT
+    profiled: int = PROFILED_LIMIT
+    profile_chunk: int = PROFILE_CHUNK
+    event_chunk: int = EVENT_CHUNK
 
 
 @dataclass
@@ -78,8 +94,10 @@ class JobRun:
         clock: Callable[[], datetime] = _utcnow,
         sink: TextIO | None = None,
         progress: Progress | None = None,
+        bounds: Bounds | None = None,
     ) -> None:
         self.job, self.options, self.clock = job, options, clock
+        self.bounds = bounds = bounds or Bounds()
         self.store, self.intercom, self.klaviyo = services.store, services.intercom, services.klaviyo
         self.sink = sink
         self.progress = progress or Progress(enabled=False)
@@ -91,10 +109,14 @@ class JobRun:
         self.run_id: int | None = None
         self.window_state: dict[str, Any] = {}
         self.max_seen: dict[str, datetime] = {}
-        self.contacts = ContactBook(job.default_phone_region, services.intercom.lookup_contacts)
+        self.contacts = ContactBook(
+            job.default_phone_region, services.intercom.lookup_contacts, limit=bounds.contact_cache
+        )
         self._admins: dict[str, Admin] | None = None  # admin id → admin, fetched once per run
-        self.profiled: set[str] = set()  # contact ids whose profile was queued this run
-        self.emitted: set[tuple[str, str]] = set()  # dry-run: (kind, unique_id) already printed
+        self.profiled: LruCache[str, bool] = LruCache(bounds.profiled)  # contacts whose profile was queued
+        # dry-run: (kind, unique_id) printed that could come again: profiles, and with --replay also events
+        # (pending from an earlier run, so in the backlog too); an event is otherwise read once per run
+        self.emitted: LruCache[tuple[str, str], bool] = LruCache(bounds.profiled)
         self.rejected = 0
         self.lease: LeaseKeeper | None = None
         # backfills hold a lease of their own window: slices of one backfill run side by side (an Indexed
@@ -327,9 +349,9 @@ class JobRun:
         force: bool = False,
     ) -> None:
         """Queue a contact's profile once per run (an unchanged one is deduplicated by the outbox)."""
-        if contact.object_id in self.profiled and not force:
+        if not force and self.profiled.get(contact.object_id):
             return
-        self.profiled.add(contact.object_id)
+        self.profiled.put(contact.object_id, True)
         profile, counts = to_profile(
             contact, self.intercom.tags(), self.job.default_phone_region, self.job.property_names
         )
@@ -368,7 +390,8 @@ class JobRun:
             known = self.store.known_unique_ids(self.job.name, [(k, u) for k, u, _ in fresh])
             fresh = [(k, u, p) for k, u, p in fresh if (k, u) not in known]
         for kind, unique_id, payload in fresh:
-            self.emitted.add((kind, unique_id))
+            if kind == "profile" or self.options.replay:
+                self.emitted.put((kind, unique_id), True)
             line = {"kind": kind, "job": self.job.name, "unique_id": unique_id, "payload": payload}
             self.sink.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
 
@@ -387,8 +410,8 @@ class JobRun:
         """Send the job's pending outbox in bounded chunks: profiles first, then events."""
         assert self.store is not None and self.klaviyo is not None
         for kind, chunk, send in (
-            ("profile", PROFILE_CHUNK, self.klaviyo.send_profiles),
-            ("event", EVENT_CHUNK, self.klaviyo.send_events),
+            ("profile", self.bounds.profile_chunk, self.klaviyo.send_profiles),
+            ("event", self.bounds.event_chunk, self.klaviyo.send_events),
         ):
             after = 0
             while items := self.store.pending(self.job.name, kind, limit=chunk, after_id=after):
