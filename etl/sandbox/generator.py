@@ -95,7 +95,7 @@ class Workspace:
         begin = self.now - history_days * DAY
         for _ in range(contacts):
             self._new_contact(self._between(begin, self.now - DAY))
-        leads = [c for c in self.contacts.values() if c["role"] == "lead"]
+        leads = {c["id"]: c for c in self.contacts.values() if c["role"] == "lead"}
         users = [c for c in self.contacts.values() if c["role"] == "user"]
         for _ in range(max(1, contacts // 10)):  # some leads merged into users
             self._merge(self._between(begin + DAY, self.now), leads, users)
@@ -211,14 +211,14 @@ class Workspace:
         )
         return contact
 
-    def _merge(self, moment: int, leads: list[dict[str, Any]], users: list[dict[str, Any]]) -> None:
+    def _merge(self, moment: int, leads: dict[str, dict[str, Any]], users: list[dict[str, Any]]) -> None:
         """Merge a lead created before `moment` into a user; `leads`, `users`: the live contacts of each role,
         in the workspace's order (kept by the caller: scanning every contact per merge was quadratic)."""
-        ready = [c for c in leads if c["created_at"] < moment]
+        ready = [c for c in leads.values() if c["created_at"] < moment]
         if not ready or not users:
             return
         source, target = self.rng.choice(ready), self.rng.choice(users)
-        leads.remove(source)  # contacts are distinct dicts (their ids differ)
+        del leads[source["id"]]
         del self.contacts[source["id"]]
         self.merged[source["id"]] = target["id"]
         self._touch(target, moment)
