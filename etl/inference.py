@@ -10,14 +10,16 @@ from collections.abc import Callable
 from datetime import datetime
 
 from etl.config import JobSettings
-from etl.contacts import ContactBook
+from etl.contacts import CONTACT_CACHE_LIMIT, ContactBook
 from etl.events import Context, diff
 from etl.intercom import IntercomClient
 from etl.klaviyo import event_resource, profile_resource
+from etl.lru import LruCache
 from etl.models import Admin, OutboxEntry, RunOptions, RunReport, Snapshot
 from etl.profiles import to_profile
 from etl.snapshots import referenced_contact_ids
 
+PROFILED_LIMIT = 50_000  # contacts whose profile one run remembers having queued
 Loader = Callable[[str, list[str]], dict[str, Snapshot]]  # (stream, ids) → stored snapshots
 
 
@@ -31,12 +33,16 @@ class Inference:
         report: RunReport,
         options: RunOptions,
         started: datetime,
+        contact_cache: int = CONTACT_CACHE_LIMIT,
+        profiled: int = PROFILED_LIMIT,
     ) -> None:
         self.job, self.intercom, self.report = job, intercom, report
         self.started, self.backfill, self.replay = started, options.backfill, options.replay
-        self.contacts = ContactBook(job.default_phone_region, intercom.lookup_contacts)
+        self.contacts = ContactBook(job.default_phone_region, intercom.lookup_contacts, limit=contact_cache)
         self._admins: dict[str, Admin] | None = None  # admin id → admin, fetched once per run
-        self.profiled: set[str] = set()  # contact ids whose profile was queued this run
+        # contacts whose profile this run queued; beyond the bound a profile may be queued again: harmless,
+        # the outbox keeps one item per (job, kind, unique_id)
+        self.profiled: LruCache[str, bool] = LruCache(profiled)
 
     def infer(
         self, stream: str, changed: list[tuple[Snapshot | None, Snapshot]], load: Loader
@@ -78,9 +84,9 @@ class Inference:
         The stored snapshot's profile is also what was sent before: what it had and this one has not is
         unset in Klaviyo (bulk import only sets what it is given).
         """
-        if contact.object_id in self.profiled and not force:
+        if not force and self.profiled.get(contact.object_id):
             return
-        self.profiled.add(contact.object_id)
+        self.profiled.put(contact.object_id, True)
         tags, region = self.intercom.tags(), self.job.default_phone_region
         before = to_profile(prev, tags, region)[0] if prev is not None else None
         profile, counts = to_profile(contact, tags, region, before=before)

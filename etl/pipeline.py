@@ -24,8 +24,10 @@ from typing import Any, TextIO
 
 from etl import logs
 from etl.config import JobSettings
+from etl.contacts import CONTACT_CACHE_LIMIT
+from etl.delivery import EVENT_CHUNK, PROFILE_CHUNK
 from etl.errors import EtlError, Interrupted
-from etl.inference import Inference
+from etl.inference import PROFILED_LIMIT, Inference
 from etl.intercom import IntercomClient
 from etl.klaviyo import DEFAULT_NAMES, KlaviyoClient, Names
 from etl.models import ApiCounts, RunOptions, RunReport, Window, iso_z
@@ -36,6 +38,17 @@ from etl.state import StateStore
 from etl.windows import WindowPlan, backfill_key, plan_windows, resume_progress
 
 log = logs.get_logger("pipeline")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The per-run bounds (docs/design.md §7 "No bound drops work"); tests lower them to cross them on small
+    workspaces."""
+
+    contact_cache: int = CONTACT_CACHE_LIMIT
+    profiled: int = PROFILED_LIMIT
+    profile_chunk: int = PROFILE_CHUNK
+    event_chunk: int = EVENT_CHUNK
 
 
 @dataclass
@@ -59,14 +72,22 @@ class Services:
         out: TextIO | None,
         clock: Callable[[], datetime],
         names: Names = DEFAULT_NAMES,
+        bounds: Bounds | None = None,
     ) -> Sink:
         """Where this run's results go: the outbox and Klaviyo, or NDJSON lines for a dry-run; both apply the
         job's `names` to what they send or print (the outbox keeps the default names)."""
+        bounds = bounds or Bounds()
         if options.dry_run:
-            return DryRunSink(self.store, out or sys.stdout, job, replay=options.replay, names=names)
+            out = out or sys.stdout
+            return DryRunSink(
+                self.store, out, job, replay=options.replay, names=names, remember=bounds.profiled
+            )
         if self.store is None or self.klaviyo is None:
             raise ValueError("a real run needs a state store and a Klaviyo client")
-        return OutboxSink(self.store, self.klaviyo, job, clock=clock, requeue=options.replay, names=names)
+        chunks = (bounds.profile_chunk, bounds.event_chunk)
+        return OutboxSink(
+            self.store, self.klaviyo, job, clock=clock, requeue=options.replay, names=names, chunks=chunks
+        )
 
 
 def _utcnow() -> datetime:
@@ -85,15 +106,20 @@ class JobRun:
         clock: Callable[[], datetime] = _utcnow,
         sink: TextIO | None = None,
         progress: Progress | None = None,
+        bounds: Bounds | None = None,
     ) -> None:
         self.job, self.options, self.clock, self.services = job, options, clock, services
+        bounds = bounds or Bounds()
         self.progress = progress or Progress(enabled=False)
         self.mode = options.mode
         self.report = RunReport(job.name, self.mode)
         self.started = clock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.sink = services.sink(job.name, options, sink, clock, Names(job.metric_names, job.property_names))
-        self.inference = Inference(job, services.intercom, self.report, options, self.started)
+        names = Names(job.metric_names, job.property_names)
+        self.sink = services.sink(job.name, options, sink, clock, names, bounds)
+        self.inference = Inference(
+            job, services.intercom, self.report, options, self.started, bounds.contact_cache, bounds.profiled
+        )
         self.run_id: int | None = None
         self.window_state: dict[str, Any] = {}
         self.max_seen: dict[str, datetime] = {}

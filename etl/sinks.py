@@ -17,10 +17,11 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TextIO
 
 from etl import logs
-from etl.delivery import DeliveryProgress, deliver
+from etl.delivery import EVENT_CHUNK, PROFILE_CHUNK, DeliveryProgress, deliver
 from etl.errors import EtlError
 from etl.klaviyo import DEFAULT_NAMES, KlaviyoClient, Names, rename
 from etl.lease import LeaseKeeper
+from etl.lru import LruCache
 from etl.models import OutboxEntry, RunReport, Snapshot
 from etl.state import RunRow, StateStore
 from etl.windows import RESUME_LOOKBACK_RUNS
@@ -87,8 +88,10 @@ class OutboxSink:
         clock: Callable[[], datetime],
         requeue: bool = False,
         names: Names = DEFAULT_NAMES,
+        chunks: tuple[int, int] = (PROFILE_CHUNK, EVENT_CHUNK),
     ) -> None:
         self.store, self.klaviyo, self.job, self.clock = store, klaviyo, job, clock
+        self.chunks = chunks  # outbox items per delivery call: (profiles, events)
         self.requeue = requeue  # a replay re-queues what was sent before; Klaviyo's dedupe keeps it harmless
         self.names = names  # applied when sending: the outbox keeps the default names (docs/design.md §3.3)
         self.run_id: int | None = None
@@ -134,6 +137,7 @@ class OutboxSink:
             check_lease=check_lease,
             names=self.names,
             progress=progress,
+            chunks=self.chunks,
         )
         if watermarks:
             check_lease()  # never move a watermark under a run that lost its lease
@@ -187,10 +191,14 @@ class DryRunSink:
         *,
         replay: bool = False,
         names: Names = DEFAULT_NAMES,
+        remember: int = 50_000,
     ) -> None:
         self.store, self.out, self.job, self.replay = store, out, job, replay
         self.names = names  # each line shows the payload as sent: under the job's names as configured now
-        self.emitted: set[tuple[str, str]] = set()  # (kind, unique_id) already printed
+        # (kind, unique_id) printed that could come again: profiles, and with --replay also events (pending
+        # from an earlier run, so in the backlog too); an event is otherwise read once per run. Beyond the
+        # bound a profile line may be printed twice: the same upsert, never a different one.
+        self.emitted: LruCache[tuple[str, str], bool] = LruCache(remember)
 
     def watermarks(self) -> Mapping[str, datetime]:
         return self.store.watermarks(self.job) if self.store is not None else {}
@@ -235,12 +243,13 @@ class DryRunSink:
 
     def emit(self, entries: list[OutboxEntry], *, check_outbox: bool = True) -> None:
         """One NDJSON line per entry that would be queued (and is not in the outbox already)."""
-        fresh = [e for e in entries if (e.kind, e.unique_id) not in self.emitted]
+        fresh = [e for e in entries if not self.emitted.get((e.kind, e.unique_id))]
         if self.store is not None and fresh and check_outbox and not self.replay:
             known = self.store.known_unique_ids(self.job, [(e.kind, e.unique_id) for e in fresh])
             fresh = [e for e in fresh if (e.kind, e.unique_id) not in known]
         for entry in fresh:
-            self.emitted.add((entry.kind, entry.unique_id))
+            if entry.kind == "profile" or self.replay:
+                self.emitted.put((entry.kind, entry.unique_id), True)
             line = {
                 "kind": entry.kind,
                 "job": self.job,

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,6 +22,11 @@ from etl.errors import LockHeld, StateError
 from etl.models import OutboxEntry, OutboxItem, Snapshot
 from etl.schema import Migrations, describe_error, redact_url
 from etl.tables import locks, metadata, outbox, runs, snapshots, watermarks
+
+# Ids bound in one IN (...) list. A statement may bind at most 32,766 parameters on SQLite (999 before 3.32)
+# and 65,535 on PostgreSQL, so a longer list is read or written in several statements.
+MAX_IDS_PER_STATEMENT = 500
+T = TypeVar("T")
 
 __all__ = [
     "RunRow",
@@ -126,18 +131,17 @@ class StateStore(Migrations):
     def load_snapshots(
         self, conn: Connection, job: str, stream: str, ids: Iterable[str]
     ) -> dict[str, Snapshot]:
-        """The stored snapshots of these objects, in one query."""
-        wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            return {}
-        rows = conn.execute(
-            sa.select(snapshots).where(
-                snapshots.c.job == job, snapshots.c.stream == stream, snapshots.c.object_id.in_(wanted)
+        """The stored snapshots of these objects (one query per MAX_IDS_PER_STATEMENT ids)."""
+        found: dict[str, Snapshot] = {}
+        for chunk in _chunks(list(dict.fromkeys(ids)), MAX_IDS_PER_STATEMENT):
+            rows = conn.execute(
+                sa.select(snapshots).where(
+                    snapshots.c.job == job, snapshots.c.stream == stream, snapshots.c.object_id.in_(chunk)
+                )
             )
-        )
-        return {
-            r.object_id: Snapshot(stream, r.object_id, r.updated_at, r.digest, _json(r.data)) for r in rows
-        }
+            for r in rows:
+                found[r.object_id] = Snapshot(stream, r.object_id, r.updated_at, r.digest, _json(r.data))
+        return found
 
     def save_snapshots(self, conn: Connection, job: str, items: Sequence[Snapshot]) -> None:
         """Upsert snapshots (one statement); a stored snapshot newer than the one given is kept.
@@ -224,13 +228,11 @@ class StateStore(Migrations):
         found: set[tuple[str, str]] = set()
         with self.transaction() as conn:
             for kind in {k for k, _ in keys}:
-                ids = [u for k, u in keys if k == kind]
-                for start in range(0, len(ids), 500):
+                ids = list(dict.fromkeys(u for k, u in keys if k == kind))
+                for chunk in _chunks(ids, MAX_IDS_PER_STATEMENT):
                     rows = conn.execute(
                         sa.select(outbox.c.unique_id).where(
-                            outbox.c.job == job,
-                            outbox.c.kind == kind,
-                            outbox.c.unique_id.in_(ids[start : start + 500]),
+                            outbox.c.job == job, outbox.c.kind == kind, outbox.c.unique_id.in_(chunk)
                         )
                     )
                     found.update((kind, r.unique_id) for r in rows)
@@ -251,7 +253,7 @@ class StateStore(Migrations):
     def mark_delivered(self, sent: Sequence[int], failed: Mapping[int, str], now: datetime) -> None:
         """Mark items sent, or failed with Klaviyo's reason, in one transaction."""
         with self.transaction() as conn:
-            for chunk in _chunks(list(sent), 500):
+            for chunk in _chunks(list(sent), MAX_IDS_PER_STATEMENT):
                 conn.execute(
                     sa.update(outbox)
                     .where(outbox.c.id.in_(chunk))
@@ -436,6 +438,6 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +19,7 @@ from etl.config import IntercomSettings, JobSettings, KlaviyoSettings
 from etl.intercom import IntercomClient
 from etl.klaviyo import KlaviyoClient
 from etl.models import RunOptions
-from etl.pipeline import JobRun, Services
+from etl.pipeline import Bounds, JobRun, Services
 from etl.sandbox.generator import Change, Workspace
 from etl.sandbox.intercom_server import IntercomSandbox
 from etl.sandbox.klaviyo_server import SANDBOX_API_KEY, KlaviyoServer
@@ -187,6 +188,7 @@ class Harness:
     klaviyo: KlaviyoServer
     store: StateStore
     job: JobSettings
+    bounds: Bounds | None = None  # None: the run's defaults
     polls: list[int] = field(default_factory=list)  # the workspace's now at each run
     served: list[dict[str, int]] = field(default_factory=list)  # per run: id → updated_at as served
     after: list[set[Expected]] = field(default_factory=list)  # per run: what Klaviyo holds after it
@@ -205,7 +207,7 @@ class Harness:
         )  # fmt: skip
         clock = lambda: datetime.fromtimestamp(self.ws.now + 1, UTC)  # noqa: E731
         try:
-            JobRun(self.job, RunOptions(), services, clock=clock).execute()
+            JobRun(self.job, RunOptions(), services, clock=clock, bounds=self.bounds).execute()
         finally:
             services.close()
         self.after.append(self.delivered())
@@ -223,12 +225,12 @@ class Harness:
         }
 
 
-@pytest.fixture
-def harness(db_url: str) -> Iterator[Harness]:
-    ws = Workspace(seed=SEED, start=BEGIN, contacts=40, conversations=60, tickets=25)
+@contextmanager
+def open_harness(db_url: str, ws: Workspace, **klaviyo_settings: int) -> Iterator[Harness]:
+    """Sandboxes serving `ws`, a migrated store, and the job pointing at them; all closed afterwards."""
     store = StateStore(db_url)
     store.upgrade()
-    settings = KlaviyoSandboxSettings(queued_seconds=0, processing_seconds=0)
+    settings = KlaviyoSandboxSettings(queued_seconds=0, processing_seconds=0, **klaviyo_settings)
     try:
         with IntercomSandbox(ws) as intercom, KlaviyoServer(settings) as klaviyo:
             job = JobSettings(
@@ -242,6 +244,14 @@ def harness(db_url: str) -> Iterator[Harness]:
             yield Harness(ws, intercom, klaviyo, store, job)
     finally:
         store.close()
+
+
+@pytest.fixture
+def harness(db_url: str) -> Iterator[Harness]:
+    with open_harness(
+        db_url, Workspace(seed=SEED, start=BEGIN, contacts=40, conversations=60, tickets=25)
+    ) as h:
+        yield h
 
 
 def test_two_runs_deliver_exactly_the_events_design_4_defines(harness):

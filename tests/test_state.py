@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from etl.errors import LockHeld, StateError
 from etl.models import OutboxEntry, Snapshot
-from etl.state import StateStore, metadata
+from etl.state import MAX_IDS_PER_STATEMENT, StateStore, metadata
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -110,6 +116,91 @@ def test_pending_pages_in_id_order(store: StateStore) -> None:
     first = store.pending("j", "event", limit=2)
     rest = store.pending("j", "event", limit=10, after_id=first[-1].id)
     assert [i.payload["i"] for i in first + rest] == [0, 1, 2, 3, 4]
+
+
+# -- id lists: one statement binds at most MAX_IDS_PER_STATEMENT of them -----------------------------------
+MANY = 3 * MAX_IDS_PER_STATEMENT + 100  # several statements' worth
+
+
+@contextmanager
+def largest_statement(store: StateStore) -> Iterator[list[int]]:
+    """Collects the number of parameters each single (not executemany) statement binds while inside."""
+    bound: list[int] = []
+
+    def record(_conn: Any, _cursor: Any, _sql: str, parameters: Any, _context: Any, many: bool) -> None:
+        if not many:
+            bound.append(len(parameters))
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        yield bound
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+
+
+def test_load_snapshots_binds_a_long_id_list_in_bounded_statements(store: StateStore) -> None:
+    """1,600 ids (1,200 stored, repeats among them) load exactly the stored snapshots, 500 ids a statement."""
+    saved = [Snapshot("contacts", f"c{i}", T0, f"d{i}", {"i": i}) for i in range(1_200)]
+    with store.transaction() as conn:
+        store.save_snapshots(conn, "j", saved)
+        store.save_snapshots(conn, "other", [Snapshot("contacts", "c0", T0, "x", {})])
+    with largest_statement(store) as bound, store.transaction() as conn:
+        loaded = store.load_snapshots(conn, "j", "contacts", [f"c{i}" for i in range(MANY)] + ["c1", "c2"])
+    assert loaded == {s.object_id: s for s in saved}
+    assert len(bound) == 4 and max(bound) <= MAX_IDS_PER_STATEMENT + 2  # + job and stream
+
+
+def test_known_unique_ids_binds_a_long_key_list_in_bounded_statements(store: StateStore) -> None:
+    """1,605 keys of two kinds find exactly the items queued, whatever their status, 500 ids a statement."""
+    with store.transaction() as conn:
+        store.enqueue(conn, "j", [OutboxEntry("event", f"e{i}", {}) for i in range(1_200)], None, T0)
+        store.enqueue(conn, "j", [OutboxEntry("profile", "p1", {})], None, T0)
+    store.mark_delivered([store.pending("j", "event", limit=1)[0].id], {}, T0)
+    keys = [("event", f"e{i}") for i in range(MANY)] + [("profile", f"p{i}") for i in range(5)]
+    with largest_statement(store) as bound:
+        known = store.known_unique_ids("j", keys)
+    assert known == {("event", f"e{i}") for i in range(1_200)} | {("profile", "p1")}
+    assert len(bound) == 5 and max(bound) <= MAX_IDS_PER_STATEMENT + 2  # + job and kind
+
+
+def test_mark_delivered_binds_a_long_id_list_in_bounded_statements(store: StateStore) -> None:
+    """1,600 ids marked sent (1,200 of them queued, one failed beside them) mark exactly those."""
+    with store.transaction() as conn:
+        store.enqueue(conn, "j", [OutboxEntry("event", f"e{i}", {}) for i in range(1_201)], None, T0)
+    *queued, rejected = store.pending("j", "event", limit=1_201)
+    absent = [rejected.id + 1 + n for n in range(MANY - 1_200)]  # ids no row has
+    with largest_statement(store) as bound:
+        store.mark_delivered([i.id for i in queued] + absent, {rejected.id: "bad"}, T0)
+    assert store.outbox_counts("j") == {"sent": 1_200, "failed": 1}
+    assert max(bound) <= MAX_IDS_PER_STATEMENT + 4  # + the values set
+
+
+def test_an_sqlite_build_binding_999_parameters_reads_and_marks_long_id_lists(tmp_path: Path) -> None:
+    """On SQLite built before 3.32 (at most 999 parameters a statement), 1,600-id lists still work."""
+    store = StateStore(f"sqlite:///{tmp_path}/state.db")
+    # this machine's SQLite binds 250,000 parameters: lower that on each connection to an old build's, and
+    # batch multi-row inserts the way SQLAlchemy does on such a build (it reads the version, not the limit)
+    sa.event.listen(
+        store.engine,
+        "connect",
+        lambda conn, _record: conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999),
+    )
+    store.engine.dialect.insertmanyvalues_max_parameters = 999
+    store.upgrade()
+    saved = [Snapshot("contacts", f"c{i}", T0, "d", {}) for i in range(0, MANY, 7)]
+    with store.transaction() as conn:
+        store.save_snapshots(conn, "j", saved)
+        store.enqueue(conn, "j", [OutboxEntry("event", s.object_id, {}) for s in saved], None, T0)
+        loaded = store.load_snapshots(conn, "j", "contacts", [f"c{i}" for i in range(MANY)])
+    known = store.known_unique_ids("j", [("event", f"c{i}") for i in range(MANY)])
+    store.mark_delivered(
+        [i.id for i in store.pending("j", "event", limit=MANY)] + list(range(10**6, 10**6 + MANY)), {}, T0
+    )
+    counts = store.outbox_counts("j")
+    store.close()
+    assert sorted(loaded) == sorted(s.object_id for s in saved)
+    assert known == {("event", s.object_id) for s in saved}
+    assert counts == {"sent": len(saved)}
 
 
 def test_runs_are_recorded(store: StateStore) -> None:

@@ -27,11 +27,12 @@ that should raise no event). Conversation and ticket records carry `contact_ids`
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from etl.sandbox.chronology import Chronology, Joined
 from etl.sandbox.intercom_data import (
     ADMINS,
     CAMPAIGN_TAG_NAMES,
@@ -98,6 +99,9 @@ class Workspace:
         self.conversations: dict[str, dict[str, Any]] = {}
         self.tickets: dict[str, dict[str, Any]] = {}
         self.merged: dict[str, str] = {}
+        self._chronologies = {
+            name: Chronology(getattr(self, name)) for name in ("contacts", "conversations", "tickets")
+        }
         self.admins = [admin_object(i, name, email) for i, (name, email) in enumerate(ADMINS)]
         self.teams = [team_object(i, name, self.admins) for i, name in enumerate(TEAMS)]
         self.tags = [tag_object(i, name) for i, name in enumerate(TAG_NAMES + CAMPAIGN_TAG_NAMES)]
@@ -107,8 +111,10 @@ class Workspace:
         begin = self.now - history_days * DAY
         for _ in range(contacts):
             self._new_contact(self._between(begin, self.now - DAY))
+        leads = {c["id"]: c for c in self.contacts.values() if c["role"] == "lead"}
+        users = [c for c in self.contacts.values() if c["role"] == "user"]
         for _ in range(max(1, contacts // 10)):  # some leads merged into users
-            self._merge(self._between(begin + DAY, self.now))
+            self._merge(self._between(begin + DAY, self.now), leads, users)
         for _ in range(conversations):
             self._new_conversation(self._between(begin, self.now))
         for _ in range(tickets):
@@ -225,12 +231,14 @@ class Workspace:
         )
         return contact
 
-    def _merge(self, moment: int) -> None:
-        leads = [c for c in self.contacts.values() if c["role"] == "lead" and c["created_at"] < moment]
-        users = [c for c in self.contacts.values() if c["role"] == "user"]
-        if not leads or not users:
+    def _merge(self, moment: int, leads: dict[str, dict[str, Any]], users: list[dict[str, Any]]) -> None:
+        """Merge a lead created before `moment` into a user; `leads`, `users`: the live contacts of each role,
+        in the workspace's order (kept by the caller: scanning every contact per merge was quadratic)."""
+        ready = [c for c in leads.values() if c["created_at"] < moment]
+        if not ready or not users:
             return
-        source, target = self.rng.choice(leads), self.rng.choice(users)
+        source, target = self.rng.choice(ready), self.rng.choice(users)
+        del leads[source["id"]]
         del self.contacts[source["id"]]
         self.merged[source["id"]] = target["id"]
         self._touch(target, moment)
@@ -241,8 +249,9 @@ class Workspace:
 
     def _some_contacts(self, moment: int) -> list[str]:
         """Contact ids for a new conversation/ticket; sometimes a contact that is merged by now."""
-        pool = [c["id"] for c in self.contacts.values() if c["created_at"] <= moment]
-        pool += [m for m in self.merged if self.rng.random() < 0.3]
+        live = self._chronologies["contacts"].created_before(moment, inclusive=True)
+        draw = self.rng.random
+        pool: Sequence[str] = Joined(live, [m for m in self.merged if draw() < 0.3])
         if not pool:
             pool = [self._new_contact(moment)["id"]]
         group = 1 if self.rng.random() < 0.9 else self.rng.randint(2, 3)  # group conversations
@@ -313,8 +322,8 @@ class Workspace:
     def _random_activity(self, moment: int) -> None:
         rng = self.rng
         roll = rng.random()
-        convs = [c for c in self.conversations.values() if c["created_at"] < moment]
-        tickets = [t for t in self.tickets.values() if t["created_at"] < moment]
+        convs = self._chronologies["conversations"].created_before(moment)
+        tickets = self._chronologies["tickets"].created_before(moment)
         if roll < 0.6 and convs:
             conv = rng.choice(convs)
             action = rng.choice([self._contact_reply, self._admin_reply, self._rate, self._read])

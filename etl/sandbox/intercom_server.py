@@ -47,6 +47,7 @@ from typing import Any
 
 from etl.sandbox.generator import Change, Workspace
 from etl.sandbox.intercom_data import as_served, tag_list
+from etl.sandbox.intercom_index import SearchCache
 from etl.sandbox.intercom_query import Matching, QueryError, compile_query, search_values
 from etl.sandbox.server import Faults, SandboxHandler, SandboxServer
 
@@ -177,6 +178,7 @@ class IntercomServer(SandboxServer):
         self.lock = threading.RLock()
         self.search_calls: Counter[str] = Counter()  # stream -> POST /{stream}/search answered
         self.versions: Counter[str] = Counter()
+        self.cache = SearchCache()  # a big workspace is paged in hundreds of searches
         self._window = -1
         self._spent = 0
 
@@ -228,8 +230,10 @@ class IntercomServer(SandboxServer):
         with self.lock:
             predicate = compile_query(request["query"], stream, self.settings.matching())
             self.search_calls[stream] += 1
-            hits = [o for o in self.workspace.objects(stream) if predicate(o)]
-            hits.sort(key=lambda o: self._sort_key(stream, o, sort_field), reverse=order == "descending")
+            hits = self.cache.hits(
+                stream, self.workspace.objects(stream), request["query"], sort_field, self.settings.matching(),
+                predicate, lambda o: self._sort_key(stream, o, sort_field), order == "descending",
+            )  # fmt: skip
             start, page = self._position(stream, hits, pagination.get("starting_after"), sort_field, order)
             chunk = hits[start : start + per_page]
             body = json.loads(json.dumps(chunk))  # a copy: later changes never leak into a sent page

@@ -28,6 +28,7 @@ injected clock passes `queued_seconds` and `processing_seconds`.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -135,6 +136,8 @@ def _identifiers(attributes: Mapping[str, Any]) -> set[str]:
     return found | ({str(email).strip().lower()} if email else set())
 
 
+# parsing costs ~0.3 ms, and a profile's number comes again with each of its events
+@functools.lru_cache(maxsize=16_384)
 def _valid_phone(number: str) -> bool:
     try:
         parsed = phonenumbers.parse(number, None)
