@@ -31,8 +31,11 @@ def deliver(
     clock: Callable[[], datetime],
     check_lease: Callable[[], None],
     chunks: tuple[int, int] = (PROFILE_CHUNK, EVENT_CHUNK),
+    run_id: int | None = None,
 ) -> None:
-    """Send the job's pending outbox: profiles first (events name them), then events; counts go to `report`."""
+    """Send the job's pending outbox: profiles first (events name them), then events; counts go to `report`.
+
+    Each item settled is marked with `run_id`, the delivering run (not always the one that queued it)."""
     for kind, chunk, send in (
         ("profile", chunks[0], klaviyo.send_profiles),
         ("event", chunks[1], klaviyo.send_events),
@@ -41,7 +44,7 @@ def deliver(
         while items := store.pending(job, kind, limit=chunk, after_id=after):
             check_lease()
             result = send(items)
-            store.mark_delivered(result.sent, result.failed, clock())
+            store.mark_delivered(result.sent, result.failed, clock(), run_id=run_id)
             report.delivery.add(kind, len(result.sent), len(result.failed))  # type: ignore[arg-type]
             if result.failed:
                 log.warning(

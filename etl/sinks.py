@@ -114,7 +114,10 @@ class OutboxSink:
     def complete(
         self, report: RunReport, watermarks: Mapping[str, datetime], check_lease: Callable[[], None]
     ) -> None:
-        deliver(self.store, self.klaviyo, self.job, report, clock=self.clock, check_lease=check_lease)
+        deliver(
+            self.store, self.klaviyo, self.job, report,
+            clock=self.clock, check_lease=check_lease, run_id=self.run_id,
+        )  # fmt: skip
         if watermarks:
             check_lease()  # never move a watermark under a run that lost its lease
         for stream, value in watermarks.items():
