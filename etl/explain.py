@@ -107,9 +107,7 @@ def explain(
 
 # -- the state's side -----------------------------------------------------------------------------------
 def _identity_doc(identity: Identity | None) -> dict[str, Any] | None:
-    if identity is None:
-        return None
-    return {"email": identity.email, "phone_number": identity.phone_number}
+    return None if identity is None else {"email": identity.email, "phone_number": identity.phone_number}
 
 
 def _contact_doc(contact_id: str, snap: Snapshot | None, region: str) -> dict[str, Any]:
@@ -189,10 +187,7 @@ def _what(kind: str, payload: Mapping[str, Any]) -> str:
     if kind == "event":
         event = payload["attributes"]["events"]["data"][0]["attributes"]
         return f"{event['metric']['data']['attributes']['name']} at {event['time']}"
-    attributes = payload["attributes"]
-    return "profile of " + ", ".join(
-        str(attributes[k]) for k in ("email", "phone_number") if attributes.get(k)
-    )
+    return f"profile of {_who(payload['attributes'])}"
 
 
 def _item_doc(job: str, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -308,10 +303,8 @@ def _part(part: Mapping[str, Any]) -> str:
     return f"{part['id']} {_shown('created_at', part.get('created_at'))} {part.get('part_type')} by {part.get('author_type')}{change}"
 
 
-def _who(identity: Mapping[str, Any] | None) -> str:
-    return (
-        ", ".join(str(identity[k]) for k in ("email", "phone_number") if identity.get(k)) if identity else ""
-    )
+def _who(identity: Mapping[str, Any]) -> str:
+    return ", ".join(str(identity[k]) for k in ("email", "phone_number") if identity.get(k))
 
 
 def _contact_line(contact: Mapping[str, Any]) -> str:
