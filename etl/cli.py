@@ -782,6 +782,40 @@ def sandbox_serve(seed: int, intercom_port: int, klaviyo_port: int) -> None:
     serve_sandbox(seed=seed, intercom_port=intercom_port, klaviyo_port=klaviyo_port)
 
 
+# -- explain -----------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("kind", metavar="KIND")
+@click.argument("object_id", metavar="ID")
+@click.option("--job", "job_name", metavar="JOB", help="The job (default: the only job of jobs.yaml).")
+@click.option("--live", is_flag=True, help="Also read it from Intercom now: what the next run would send.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+@click.pass_obj
+def explain(obj: Cli, kind: str, object_id: str, job_name: str | None, live: bool, as_json: bool) -> None:
+    """One object's story: KIND contact|conversation|ticket; its snapshot, identity and outbox items (queued,
+    sent when and by which run, or failed with Klaviyo's error). Queues and sends nothing.
+
+    \b
+    Examples:
+      etl explain conversation 215 --job shop
+      etl explain contact 6762f0d01bb69f9f2193bb7d --live
+    """
+    from etl import explain as story
+    from etl.runner import build_services
+
+    story.stream_of(kind)  # an unknown kind is a usage error before anything is opened
+    job = story.pick_job(obj.settings(), job_name)
+    store = obj.store()
+    services = build_services(job, None, dry_run=True) if live else None  # needs the Intercom token only
+    try:
+        doc = story.explain(
+            store, job, kind, object_id, intercom=services.intercom if services else None, clock=_now
+        )
+    finally:
+        if services is not None:
+            services.close()
+    click.echo(json.dumps(doc, ensure_ascii=False) if as_json else story.render(doc))
+
+
 def main() -> None:
     """Entry point: click's usage errors become one line too (`etl: error: …`, exit 2)."""
     try:

@@ -45,9 +45,11 @@ def deliver(
     chunks: tuple[int, int] = (PROFILE_CHUNK, EVENT_CHUNK),
     names: Names = DEFAULT_NAMES,
     progress: DeliveryProgress | None = None,
+    run_id: int | None = None,
 ) -> None:
     """Send the job's pending outbox under `names`: profiles first (events name them), then events; counts go
-    to `report`, items done (accepted or rejected) of those pending at the start to `progress`."""
+    to `report`, items done (accepted or rejected) of those pending at the start to `progress`. Each item
+    settled is marked with `run_id`, the delivering run (not always the one that queued it)."""
     pending = store.pending_count(job) if progress is not None else 0
     if progress is not None and pending:
         progress.start_delivery(pending)
@@ -59,7 +61,7 @@ def deliver(
         while items := store.pending(job, kind, limit=chunk, after_id=after):
             check_lease()
             result = send(items, names)
-            store.mark_delivered(result.sent, result.failed, clock())
+            store.mark_delivered(result.sent, result.failed, clock(), run_id=run_id)
             report.delivery.add(kind, len(result.sent), len(result.failed))  # type: ignore[arg-type]
             if progress is not None and pending:
                 progress.delivered(len(items))

@@ -42,6 +42,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -58,6 +59,15 @@ MAX_RESTARTS = 20  # re-reads of one window after the result set shrank while pa
 MAX_MERGE_HOPS = 3  # spec: the Link header already resolves chains "up to 3 hops"
 LIST_KEYS = {"contacts": "data", "conversations": "conversations", "tickets": "tickets"}
 _LINK = re.compile(r"<[^>]*/contacts/([^>/]+)>")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One object read by its id (`IntercomClient.fetch`): the raw JSON, None when Intercom has no such
+    object; for a merged contact, the survivor's contact, whose id is also in `merged_into`."""
+
+    raw: dict[str, Any] | None
+    merged_into: str | None = None
 
 
 def _epoch(obj: Mapping[str, Any]) -> int:
@@ -310,3 +320,29 @@ class IntercomClient(ApiClient):
             if survivor in found:
                 result[contact_id] = found[survivor]
         return result
+
+    # -- one object by id ---------------------------------------------------------------------------
+    def fetch(self, stream: str, object_id: str) -> Fetched:
+        """One object as Intercom has it now (`etl explain --live`).
+
+        `GET /contacts/{id}` follows a merged contact (410 `contact_merged`) to the survivor its `Link` names
+        (spec 2.16, ShowContact), with all its tags. `GET /conversations/{id}` answers an unknown id 404
+        `not_found` (spec, retrieveConversation); `GET /tickets/{id}` documents no 404 and a nullable ticket
+        (spec, getTicket), so both a 404 and a null body mean "no such ticket".
+        """
+        if stream not in STREAMS:
+            raise ValueError(f"unknown stream {stream!r}")
+        if stream == "contacts":
+            survivor, contact = self._survivor_id(object_id)
+            if survivor is not None and contact is None:  # a 200 that was no contact: read it by search
+                contact = self._search_ids([survivor]).get(survivor)
+            if survivor is None or contact is None:
+                return Fetched(None)
+            return Fetched(contact, merged_into=survivor if survivor != object_id else None)
+        path = f"/{stream}/{quote(object_id, safe='')}"
+        reply = self.http.request("GET", path, accept=(404,))
+        if reply.status == 404 or reply.body is None:
+            return Fetched(None)
+        if not isinstance(reply.body, dict) or reply.body.get("id") is None:
+            raise IntercomError(f"Intercom answered GET {path} with an unexpected body; try again later")
+        return Fetched(reply.body)

@@ -138,6 +138,7 @@ class OutboxSink:
             names=self.names,
             progress=progress,
             chunks=self.chunks,
+            run_id=self.run_id,
         )
         if watermarks:
             check_lease()  # never move a watermark under a run that lost its lease

@@ -250,21 +250,26 @@ class StateStore(Migrations):
             )  # fmt: skip
             return [OutboxItem(r.id, job, r.kind, r.unique_id, _json(r.payload), r.attempts) for r in rows]
 
-    def mark_delivered(self, sent: Sequence[int], failed: Mapping[int, str], now: datetime) -> None:
-        """Mark items sent, or failed with Klaviyo's reason, in one transaction."""
+    def mark_delivered(
+        self, sent: Sequence[int], failed: Mapping[int, str], now: datetime, *, run_id: int | None = None
+    ) -> None:
+        """Mark items sent, or failed with Klaviyo's reason, in one transaction; `run_id` is the delivering
+        run (`delivery_run_id`: which run sent an item, or saw it rejected, for `etl explain`)."""
         with self.transaction() as conn:
             for chunk in _chunks(list(sent), MAX_IDS_PER_STATEMENT):
                 conn.execute(
                     sa.update(outbox)
                     .where(outbox.c.id.in_(chunk))
-                    .values(status="sent", sent_at=now, attempts=outbox.c.attempts + 1, last_error=None)
-                )
+                    .values(status="sent", sent_at=now, attempts=outbox.c.attempts + 1, last_error=None,
+                            delivery_run_id=run_id)
+                )  # fmt: skip
             for item_id, error in failed.items():
                 conn.execute(
                     sa.update(outbox)
                     .where(outbox.c.id == item_id)
-                    .values(status="failed", attempts=outbox.c.attempts + 1, last_error=error[:2000])
-                )
+                    .values(status="failed", attempts=outbox.c.attempts + 1, last_error=error[:2000],
+                            delivery_run_id=run_id)
+                )  # fmt: skip
 
     def outbox_items(self, job: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         query = sa.select(
@@ -408,6 +413,41 @@ class StateStore(Migrations):
         )
         with self.transaction() as conn:
             return [(r.job, r.owner, r.expires_at) for r in conn.execute(query.order_by(locks.c.job))]
+
+    # -- one object's story (etl explain) ---------------------------------------------------------
+    def snapshot(self, job: str, stream: str, object_id: str) -> Snapshot | None:
+        """The stored snapshot of one object, or None."""
+        with self.transaction() as conn:
+            return self.load_snapshots(conn, job, stream, [object_id]).get(object_id)
+
+    def items_with_prefix(self, job: str, prefixes: Sequence[str]) -> list[dict[str, Any]]:
+        """The job's outbox rows (every column) whose unique_id starts with one of `prefixes`, in queue order.
+
+        A LIKE over the job's outbox: fine for one object's story, not for a loop over many.
+        """
+        if not prefixes:
+            return []
+        matches = [outbox.c.unique_id.startswith(prefix, autoescape=True) for prefix in prefixes]
+        query = sa.select(outbox).where(outbox.c.job == job, sa.or_(*matches)).order_by(outbox.c.id)
+        with self.transaction() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        for row in rows:
+            row["payload"] = _json(row["payload"])
+        return rows
+
+    def contacts_with_email(self, job: str, address: str) -> list[str]:
+        """Ids of the job's stored contacts whose snapshot has this (normalized) email, in id order.
+
+        A scan of the job's contact snapshots: for one object's story only (who got a merged contact's events).
+        """
+        query = (
+            sa.select(snapshots.c.object_id)
+            .where(snapshots.c.job == job, snapshots.c.stream == "contacts",
+                   snapshots.c.data["email"].as_string() == address)
+            .order_by(snapshots.c.object_id)
+        )  # fmt: skip
+        with self.transaction() as conn:
+            return [r.object_id for r in conn.execute(query)]
 
 
 def _engine(url: str, read_only: bool) -> Engine:

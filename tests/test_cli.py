@@ -84,7 +84,7 @@ def test_check_reports_the_database_state(config: Path, db_url: str) -> None:
         )
     invoke("--config", str(config), "db", "upgrade")
     after = invoke("--config", str(config), "check", env=env)
-    assert after.stdout.splitlines()[-1].endswith("(revision 0001, up to date)")
+    assert after.stdout.splitlines()[-1].endswith("(revision 0002, up to date)")
 
 
 def test_five_mistakes_one_line_exit_2_no_traceback(tmp_path: Path) -> None:
@@ -126,12 +126,12 @@ def test_db_upgrade_and_current(config: Path) -> None:
     before = invoke("--config", str(config), "db", "current")
     assert (
         before.exit_code == 0
-        and "revision none (empty), head 0001 (behind: run `etl db upgrade`)" in before.stdout
+        and "revision none (empty), head 0002 (behind: run `etl db upgrade`)" in before.stdout
     )
     up = invoke("--config", str(config), "db", "upgrade")
-    assert up.exit_code == 0 and "upgraded from empty to 0001" in up.stdout
+    assert up.exit_code == 0 and "upgraded from empty to 0002" in up.stdout
     again = invoke("--config", str(config), "db", "upgrade")
-    assert "already at revision 0001" in again.stdout
+    assert "already at revision 0002" in again.stdout
     assert "(up to date)" in invoke("--config", str(config), "db", "current").stdout
 
 
@@ -205,7 +205,7 @@ def test_run_on_postgres_behind_says_to_upgrade(config: Path, db_url: str) -> No
         assert result.exit_code == 0
     else:
         assert result.exit_code == 5
-        assert result.stderr.strip().endswith("this etl needs 0001: run `etl db upgrade`")
+        assert result.stderr.strip().endswith("this etl needs 0002: run `etl db upgrade`")
 
 
 def test_run_option_errors_are_usage_errors(config: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from etl.errors import IntercomError
-from etl.intercom import MAX_IDS_PER_LOOKUP, IntercomClient
+from etl.intercom import MAX_IDS_PER_LOOKUP, Fetched, IntercomClient
 from etl.models import Window
 from etl.sandbox.intercom_server import IntercomSandbox, IntercomServer, IntercomSettings
 from etl.sandbox.server import Faults
@@ -156,6 +156,29 @@ def test_lookup_contacts_batches_ids_and_follows_merges_to_the_survivor() -> Non
     assert {i: [t["id"] for t in contact["tags"]["data"]] for i, contact in found.items()} == {
         i: [t["id"] for t in ws.contacts[contact["id"]]["tags"]["data"]] for i, contact in found.items()
     }
+
+
+def test_fetch_reads_one_object_by_id_and_follows_a_merged_contact() -> None:
+    """`fetch` GETs a conversation, a ticket, a contact (with all its tags) by id; a merged contact comes back as
+    its survivor with `merged_into`; an id Intercom lacks is `Fetched(None)` for every stream."""
+    ws = workspace(contacts=40)
+    conversation, ticket = sorted(ws.conversations)[0], sorted(ws.tickets)[0]
+    heavy = next(i for i, contact in sorted(ws.contacts.items()) if len(contact["tags"]["data"]) > 10)
+    gone, survivor = sorted(ws.merged.items())[0]
+    with sandbox(ws) as sb, client(sb) as c:
+        assert c.fetch("conversations", conversation) == Fetched(ws.conversations[conversation])
+        assert c.fetch("tickets", ticket) == Fetched(ws.tickets[ticket])
+        contact = c.fetch("contacts", heavy)
+        merged = c.fetch("contacts", gone)
+        absent = [c.fetch(stream, "999999") for stream in ("contacts", "conversations", "tickets")]
+        gets = [path for method, path in sb.server.requests if method == "GET"]
+    assert contact.merged_into is None and contact.raw is not None
+    every = [tag["id"] for tag in ws.contacts[heavy]["tags"]["data"]]
+    assert [tag["id"] for tag in contact.raw["tags"]["data"]] == every and len(every) > 10  # GET shows 10
+    assert merged.merged_into == survivor and merged.raw is not None and merged.raw["id"] == survivor
+    assert absent == [Fetched(None)] * 3
+    assert gets[:3] == [f"/conversations/{conversation}", f"/tickets/{ticket}", f"/contacts/{heavy}"]
+    assert f"/contacts/{gone}" in gets and f"/contacts/{survivor}" in gets  # the 410, then its Link
 
 
 def test_the_client_sends_the_configured_intercom_version() -> None:

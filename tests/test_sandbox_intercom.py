@@ -244,6 +244,25 @@ def test_reference_lists_and_contacts_match_the_spec_schemas(
         )
 
 
+def test_conversations_and_tickets_by_id_match_the_spec_schemas(
+    http: requests.Session, sb: IntercomSandbox
+) -> None:
+    """GET /conversations/{id} and /tickets/{id} serve each object as search does, valid against the 2.16
+    `conversation` and `ticket` fragments; an unknown id is a 404 `not_found` "Resource Not Found" (spec,
+    retrieveConversation's 404 example; getTicket documents none, the sandbox answers alike)."""
+    for stream, name in (("conversations", "conversation"), ("tickets", "ticket")):
+        objects = getattr(sb.workspace, stream)
+        assert objects
+        for object_id, obj in objects.items():
+            reply = http.get(f"{sb.url}/{stream}/{object_id}")
+            assert reply.status_code == 200 and reply.json() == obj
+            assert deviations(contract(name), reply.json()) == []
+        missing = http.get(f"{sb.url}/{stream}/999999")
+        assert missing.status_code == 404
+        assert missing.json()["errors"] == [{"code": "not_found", "message": "Resource Not Found"}]
+        assert deviations(contract("error"), missing.json()) == []
+
+
 def test_a_merged_contact_is_410_with_a_link_to_the_survivor(
     http: requests.Session, sb: IntercomSandbox
 ) -> None:

@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from etl.errors import LockHeld, StateError
 from etl.models import OutboxEntry, Snapshot
-from etl.state import MAX_IDS_PER_STATEMENT, StateStore, metadata
+from etl.state import MAX_IDS_PER_STATEMENT, StateStore, metadata, outbox
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -35,6 +36,45 @@ def test_models_and_migrations_agree(store: StateStore) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
     assert diff == []
+
+
+def test_upgrade_from_0001_keeps_the_outbox_and_records_delivering_runs(db_url: str) -> None:
+    """A database at 0001 with a sent and a pending item upgrades to head (0002): both stay as they were, the
+    sent one with no delivering run (it is not known); from then on mark_delivered records the run that sent
+    or failed an item; and the downgrade back to 0001 keeps the rows."""
+    s = StateStore(db_url)
+    command.upgrade(s.alembic_config(), "0001")
+    columns = ("job", "kind", "unique_id", "payload", "status", "attempts", "created_at", "sent_at", "run_id")
+    with s.transaction() as conn:  # the 0001 columns only: an INSERT names just the values given
+        for uid, status in (("u-sent", "sent"), ("u-pending", "pending"), ("u-bad", "pending")):
+            sent_at = T0 if status == "sent" else None
+            conn.execute(
+                sa.insert(outbox).values(
+                    dict(zip(columns, ("shop", "event", uid, {}, status, 1, T0, sent_at, 1), strict=True))
+                )
+            )
+    assert s.upgrade() == ("0001", "0002")
+
+    def state() -> dict[str, tuple[str, int | None, int | None]]:
+        with s.transaction() as conn:
+            rows = conn.execute(
+                sa.select(outbox.c.unique_id, outbox.c.status, outbox.c.run_id, outbox.c.delivery_run_id)
+            )
+            return {r.unique_id: (r.status, r.run_id, r.delivery_run_id) for r in rows}
+
+    assert state() == {
+        "u-sent": ("sent", 1, None),
+        "u-pending": ("pending", 1, None),
+        "u-bad": ("pending", 1, None),
+    }
+    ids = {i.unique_id: i.id for i in s.pending("shop", "event", limit=10)}
+    s.mark_delivered([ids["u-pending"]], {ids["u-bad"]: "invalid email"}, T0, run_id=7)
+    assert state() == {"u-sent": ("sent", 1, None), "u-pending": ("sent", 1, 7), "u-bad": ("failed", 1, 7)}
+    command.downgrade(s.alembic_config(), "0001")
+    assert s.current_revision() == "0001"
+    with s.transaction() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM outbox")).scalar_one() == 3
+    s.close()
 
 
 def test_ensure_schema_upgrades_sqlite_but_asks_postgres_to_migrate(db_url: str) -> None:

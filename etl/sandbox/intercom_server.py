@@ -7,7 +7,9 @@ Endpoints: `POST /contacts/search`, `/conversations/search`, `/tickets/search` (
 matching in `etl.sandbox.intercom_query`; `per_page` default 50 for contacts, 20 otherwise, maximum 150;
 `sort` by any field (default `created_at`), `ascending|descending` (default `descending`); ties by id;
 `total_count`; `pages`),
-`GET /admins`, `/teams`, `/tags`, `GET /contacts/{id}`, `GET /contacts/{id}/tags`. Merged contacts are absent
+`GET /admins`, `/teams`, `/tags`, `GET /contacts/{id}`, `GET /contacts/{id}/tags`, `GET /conversations/{id}`,
+`GET /tickets/{id}` (the object as search serves it; the sandbox keeps no conversation parts, and the spec's
+`conversation_parts` is optional, so none are listed). Merged contacts are absent
 from search (spec: "Contacts that have been merged ... are excluded from search results") and
 `GET /contacts/{id}` answers them with 410 `contact_merged` and `Link: </contacts/{survivor}>;
 rel="canonical"` (spec, ShowContact; the Merge operation's text says 404 instead: we follow the ShowContact
@@ -157,6 +159,9 @@ class IntercomHandler(SandboxHandler):
         tags = re.fullmatch(r"/contacts/([^/]+)/tags", path)
         if method == "GET" and tags:
             return server.contact_tags(tags.group(1))
+        single = re.fullmatch(r"/(conversations|tickets)/([^/]+)", path)
+        if method == "GET" and single:
+            return server.single(single.group(1), single.group(2))
         return 404, _error("not_found", f"No route for {method} {path}"), {}
 
 
@@ -305,6 +310,15 @@ class IntercomServer(SandboxServer):
             )
             return 410, body, {"Link": f'</contacts/{survivor}>; rel="canonical"'}
         return 404, _error("not_found", "User Not Found"), {}
+
+    def single(self, stream: str, object_id: str) -> tuple[int, Any, dict[str, str]]:
+        """GET /conversations/{id} or /tickets/{id}: the object as search serves it, or 404 `not_found`
+        "Resource Not Found" (spec, retrieveConversation; getTicket documents no 404, and we answer it alike)."""
+        with self.lock:
+            found = getattr(self.workspace, stream).get(object_id)
+            if found is None:
+                return 404, _error("not_found", "Resource Not Found"), {}
+            return 200, json.loads(json.dumps(found)), {}
 
     def contact_tags(self, contact_id: str) -> tuple[int, Any, dict[str, str]]:
         with self.lock:
