@@ -816,6 +816,54 @@ def explain(obj: Cli, kind: str, object_id: str, job_name: str | None, live: boo
     click.echo(json.dumps(doc, ensure_ascii=False) if as_json else story.render(doc))
 
 
+# -- reconcile ---------------------------------------------------------------------------------------
+@cli.command("reconcile")
+@click.argument("jobs", nargs=-1, metavar="[JOB]...")
+@click.option("--since", metavar="TS", help="Start of the window (default: 7 days before --until).")
+@click.option("--until", metavar="TS", help="End of the window, exclusive (default: now).")
+@click.option("--streams", metavar="LIST", help="Comma list of streams (default: the job's streams).")
+@click.option(
+    "--settle",
+    metavar="DURATION",
+    default="1h",
+    show_default=True,
+    help="Compare Klaviyo's counts only up to this long before now (they lag).",
+)
+@click.option(
+    "--interval",
+    metavar="DURATION",
+    default="1h",
+    show_default=True,
+    help="Items pending longer than this (one run interval) are stuck.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job, with every difference.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Re-read what was missed, re-send what Klaviyo lacks, deliver (holds the lease).",
+)
+@click.option("--metrics-file", metavar="PATH", help="Write Prometheus gauges here (node_exporter textfile).")
+@click.pass_obj
+def reconcile(obj: Cli, jobs: tuple[str, ...], **flags: Any) -> None:
+    """Check that Intercom, the state, the outbox and Klaviyo agree: exit 0 when in step, 7 when not.
+
+    Lists objects Intercom has newer than the state (missed), outbox items pending too long (stuck) or
+    rejected (failed), and metric-days Klaviyo counts fewer events of than were sent (lost).
+
+    \b
+    Examples:
+      etl reconcile                            every job, the last 7 days
+      etl reconcile shop --since 2026-01-01 --json
+      etl reconcile shop --repair              re-read what was missed, re-send what Klaviyo lost
+    """
+    from etl.reconcile import ReconcileOptions, reconcile_jobs
+
+    # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so the repair's lease is released
+    signal.signal(signal.SIGTERM, _interrupt)
+    options = ReconcileOptions.parse(**flags)  # every bad value at once, exit 2
+    sys.exit(reconcile_jobs(obj.settings(), list(jobs), options, quiet=obj.verbosity < 0))
+
+
 def main() -> None:
     """Entry point: click's usage errors become one line too (`etl: error: …`, exit 2)."""
     try:

@@ -65,6 +65,12 @@ class ItemsRejected(EtlError):
     exit_code = 6
 
 
+class OutOfStep(EtlError):
+    """`etl reconcile` found differences between Intercom, the state, the outbox and Klaviyo (listed)."""
+
+    exit_code = 7
+
+
 class LockHeld(EtlError):
     """Another run of the same job holds the lease; cron can simply try again (EX_TEMPFAIL)."""
 
@@ -93,10 +99,11 @@ class Interrupted(KeyboardInterrupt):
         return f"interrupted by {self.signal.name}"
 
 
-# Exit codes by severity, for `etl run` over several jobs: the worst one wins.
-SEVERITY = {0: 0, 6: 1, 75: 2, 4: 3, 3: 4, 5: 5, 2: 6, 1: 7}
+# Exit codes by severity, for a command over several jobs: the worst one wins. A job found out of step (7)
+# outranks one that could not start for the lease (75): the one needs a look, the other only a retry.
+SEVERITY = {0: 0, 6: 1, 75: 2, 7: 3, 4: 4, 3: 5, 5: 6, 2: 7, 1: 8}
 
 
 def worst_exit_code(codes: list[int]) -> int:
     """The exit code that reports the worst outcome among several jobs (0 when all succeeded)."""
-    return max(codes, key=lambda c: SEVERITY.get(c, 7), default=0)
+    return max(codes, key=lambda c: SEVERITY.get(c, max(SEVERITY.values())), default=0)

@@ -10,7 +10,8 @@ whose error pointers name items fails those items and the rest is resent; a 400 
 is split until the items Klaviyo refuses are isolated (`_resend`); an error about a request parameter and
 any other 4xx stop the delivery with a `KlaviyoError`, leaving the items pending. `KlaviyoClient.metrics`
 lists the account's metrics by integration, with the flows they trigger, for `etl check --online`
-(docs/design.md §4).
+(docs/design.md §4); `KlaviyoClient.metric_aggregates` counts one metric's events per UTC day, for
+`etl reconcile` (docs/design.md §7.1).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from etl import logs
 from etl.errors import KlaviyoError
 from etl.http import DEFAULT_RETRY_BUDGET, ApiClient, HttpClient, Reply
+from etl.klaviyo_aggregates import AGGREGATES_PATH, SlidingWindows, aggregate_query, daily_values
 from etl.klaviyo_batches import (
     EventBatch,
     ProfileBatch,
@@ -312,6 +314,7 @@ class KlaviyoClient(ApiClient):
         self.clock = clock
         self.poll_interval = poll_interval
         self.job_timeout = job_timeout
+        self._aggregates_pacing = SlidingWindows()
 
     def check(self) -> None:
         """One cheap authenticated read (the newest import job): raises KlaviyoError if key or revision is refused.
@@ -367,6 +370,22 @@ class KlaviyoClient(ApiClient):
             url = (body.get("links") or {}).get("next")
             query = None  # the next link carries the filter, the include and the cursor
         return found
+
+    def metric_aggregates(self, metric_id: str, since: datetime, until: datetime) -> dict[date, int]:
+        """How many events of the metric Klaviyo counts per UTC day of `[since, until)` (days without any
+        are left out): one `POST /api/metric-aggregates` (measurement `count`, interval `day`, timezone UTC),
+        paced to that endpoint's own rate limit (burst 3/s, steady 60/m)."""
+        wait = self._aggregates_pacing.wait(self.clock())
+        if wait > 0:
+            self.sleep(wait)
+        self._aggregates_pacing.record(self.clock())
+        reply = self.http.request("POST", AGGREGATES_PATH, data=aggregate_query(metric_id, since, until))
+        try:
+            return daily_values(reply.body)
+        except ValueError as exc:
+            raise KlaviyoError(
+                f"Klaviyo answered POST {AGGREGATES_PATH} with an unexpected body ({exc}); check the API revision"
+            ) from None
 
     # -- events -----------------------------------------------------------------------------------
     def send_events(self, items: Sequence[OutboxItem], names: Names = DEFAULT_NAMES) -> Delivery:

@@ -449,6 +449,60 @@ class StateStore(Migrations):
         with self.transaction() as conn:
             return [r.object_id for r in conn.execute(query)]
 
+    # -- reconcile (docs/design.md §7.1) ------------------------------------------------------------
+    def outbox_problems(self, job: str, pending_before: datetime) -> list[dict[str, Any]]:
+        """The job's failed items and its items pending since before `pending_before` (stuck), in queue order:
+        id, kind, unique_id, status, attempts, created_at, last_error (not the payload)."""
+        query = (
+            sa.select(outbox.c.id, outbox.c.kind, outbox.c.unique_id, outbox.c.status, outbox.c.attempts,
+                      outbox.c.created_at, outbox.c.last_error)
+            .where(outbox.c.job == job,
+                   sa.or_(outbox.c.status == "failed",
+                          sa.and_(outbox.c.status == "pending", outbox.c.created_at < pending_before)))
+            .order_by(outbox.c.id)
+        )  # fmt: skip
+        with self.transaction() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def sent_events(
+        self, job: str, *, sent_since: datetime, limit: int, after_id: int = 0
+    ) -> list[OutboxItem]:
+        """The next events Klaviyo accepted at or after `sent_since`, in queue order, at most `limit`."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                sa.select(outbox.c.id, outbox.c.unique_id, outbox.c.payload, outbox.c.attempts)
+                .where(outbox.c.job == job, outbox.c.kind == "event", outbox.c.status == "sent",
+                       outbox.c.id > after_id, outbox.c.sent_at >= sent_since)
+                .order_by(outbox.c.id)
+                .limit(limit)
+            )  # fmt: skip
+            return [OutboxItem(r.id, job, "event", r.unique_id, _json(r.payload), r.attempts) for r in rows]
+
+    def requeue_sent(self, job: str, ids: Sequence[int]) -> int:
+        """Set these items of the job pending again where they are sent (Klaviyo lost them; it deduplicates
+        what it still has); how many."""
+        changed = 0
+        with self.transaction() as conn:
+            for chunk in _chunks(list(ids), 500):
+                result = conn.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.job == job, outbox.c.status == "sent", outbox.c.id.in_(chunk))
+                    .values(status="pending")
+                )
+                changed += result.rowcount or 0
+        return changed
+
+    def item_statuses(self, job: str, ids: Sequence[int]) -> dict[int, str]:
+        """id → status of these items of the job (items no longer in the outbox are absent)."""
+        found: dict[int, str] = {}
+        with self.transaction() as conn:
+            for chunk in _chunks(list(ids), 500):
+                query = sa.select(outbox.c.id, outbox.c.status).where(
+                    outbox.c.job == job, outbox.c.id.in_(chunk)
+                )
+                found.update((r.id, r.status) for r in conn.execute(query))
+        return found
+
 
 def _engine(url: str, read_only: bool) -> Engine:
     if url.startswith("sqlite"):

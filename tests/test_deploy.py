@@ -36,7 +36,7 @@ LOCK = ROOT / "deploy" / "requirements.lock"
 README = ROOT / "README.md"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 MANIFESTS = sorted(p.name for p in DEPLOY.glob("*.yaml"))
-WORKLOADS = ("cronjob.yaml", "migrate-job.yaml", "backfill-indexed-job.yaml")
+WORKLOADS = ("cronjob.yaml", "migrate-job.yaml", "backfill-indexed-job.yaml", "reconcile-cronjob.yaml")
 KUBERNETES_VERSION = "1.33"  # the backfill's backoffLimitPerIndex is GA from 1.33
 
 
@@ -72,7 +72,30 @@ def test_cronjob_forbids_concurrency_and_runs_the_configured_job() -> None:
     assert {"secretRef": {"name": "etl-secrets"}} in container["envFrom"]
 
 
-@pytest.mark.parametrize("name", ["cronjob.yaml", "migrate-job.yaml"])
+def test_the_reconcile_cronjob_checks_the_configured_job_daily_as_the_run_cronjob_runs() -> None:
+    """Once a day at a fixed UTC time, never overlapping itself, `etl reconcile` of the job the ConfigMap
+    defines, in a pod built exactly like the run CronJob's (image, user, lock-down, config, secrets)."""
+    (reconcile,) = documents("reconcile-cronjob.yaml")
+    (run,) = documents("cronjob.yaml")
+    spec = reconcile["spec"]
+    minute, hour, *every = spec["schedule"].split()
+    assert minute.isdigit() and hour.isdigit() and every == ["*", "*", "*"]
+    assert (spec["timeZone"], spec["concurrencyPolicy"]) == ("Etc/UTC", "Forbid")
+    (container,) = containers(reconcile)
+    (config,) = [d for d in documents("configmap.yaml") if d["kind"] == "ConfigMap"]
+    jobs = parse_settings(
+        config["data"]["jobs.yaml"], {"ETL_DATABASE_URL": "postgresql+psycopg://db/etl"}
+    ).jobs
+    assert container["args"] == ["reconcile", *jobs]
+    assert {k: v for k, v in container.items() if k != "args"} == {
+        k: v for k, v in containers(run)[0].items() if k != "args"
+    }
+    assert {k: v for k, v in pod_spec(reconcile).items() if k != "containers"} == {
+        k: v for k, v in pod_spec(run).items() if k != "containers"
+    }
+
+
+@pytest.mark.parametrize("name", ["cronjob.yaml", "migrate-job.yaml", "reconcile-cronjob.yaml"])
 def test_container_args_are_valid_commands(name: str) -> None:
     """Each container's arguments are an etl command that exists (its --help succeeds)."""
     checked = []

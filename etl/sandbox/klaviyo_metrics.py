@@ -124,6 +124,11 @@ class MetricBook:
             self._metrics[metric_id].flow_ids.append(flow.id)
             return flow
 
+    def metric(self, metric_id: str) -> StoredMetric | None:
+        """The metric of this id, if the account has it."""
+        with self.lock:
+            return self._metrics.get(metric_id)
+
     @property
     def metrics(self) -> list[StoredMetric]:
         with self.lock:

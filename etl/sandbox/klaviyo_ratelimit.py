@@ -1,6 +1,7 @@
 """The fake Klaviyo's rate limit: Klaviyo's burst and steady windows, per API key and endpoint.
 
-Both bulk endpoints are limited to burst 10/s and steady 150/m (spec `x-klaviyo-ratelimit`). Every
+Both bulk endpoints are limited to burst 10/s and steady 150/m (spec `x-klaviyo-ratelimit`), the other
+endpoints likewise unless the server names their own limits (query_metric_aggregates: 3/s and 60/m). Every
 answer carries `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds, IETF draft style,
 as Klaviyo sends them); a refused request also gets `Retry-After` in whole seconds.
 """
@@ -24,9 +25,12 @@ class RateLimiter:
         self._calls: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.Lock()
 
-    def take(self, bucket: tuple[str, str]) -> tuple[bool, dict[str, str]]:
-        """(allowed, rate-limit headers) for one request in `bucket`."""
-        burst, steady = self.settings.burst_per_second, self.settings.steady_per_minute
+    def take(
+        self, bucket: tuple[str, str], limits: tuple[int, int] | None = None
+    ) -> tuple[bool, dict[str, str]]:
+        """(allowed, rate-limit headers) for one request in `bucket`; `limits` (per second, per minute) are
+        the endpoint's own, else the settings' bulk-endpoint limits."""
+        burst, steady = limits or (self.settings.burst_per_second, self.settings.steady_per_minute)
         with self._lock:
             now = self.clock()
             calls = self._calls.setdefault(bucket, deque())

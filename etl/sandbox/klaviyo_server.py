@@ -4,10 +4,11 @@ Endpoints (spec operationIds): `POST /api/event-bulk-create-jobs` (bulk_create_e
 `POST /api/profile-bulk-import-jobs` (bulk_import_profiles: 202 with the job), `GET
 /api/profile-bulk-import-jobs` (get_bulk_import_profiles_jobs: newest first, cursor paging), `GET
 /api/profile-bulk-import-jobs/{job_id}` (queued → processing → complete) and `GET
-/api/profile-bulk-import-jobs/{id}/import-errors` (cursor paging, `page[size]` 1-100, default 20) and `GET
+/api/profile-bulk-import-jobs/{id}/import-errors` (cursor paging, `page[size]` 1-100, default 20), `GET
 /api/metrics` (get_metrics: the metrics with their `integration`, `filter`, `include=flow-triggers`; in
-`etl.sandbox.klaviyo_metrics`). What fails a whole request and what lands in `import-errors` is in
-`etl.sandbox.klaviyo_store`.
+`etl.sandbox.klaviyo_metrics`) and `POST /api/metric-aggregates` (query_metric_aggregates: counts of the
+stored events per interval, at its own rate limit of 3/s and 60/m; in `etl.sandbox.klaviyo_aggregates`).
+What fails a whole request and what lands in `import-errors` is in `etl.sandbox.klaviyo_store`.
 
 Checked on every request, in this order, each answered in the spec's error shape:
 `Authorization: Klaviyo-API-Key <key>` (401 when missing or unknown, 403 when the key lacks the operation's
@@ -15,7 +16,8 @@ scope), the `revision` header (400 when missing or malformed), `Content-Type: ap
 on POST (415), the rate limit per key and endpoint (429 with `Retry-After` past `burst_per_second` or
 `steady_per_minute`; `RateLimit-Limit/Remaining/Reset` on every success), the body size (413).
 
-Read-back for tests: `events` (deduped), `profiles` (by profile key), `metrics` (the MetricBook: API
+Read-back for tests: `events` (deduped; `store.forget_events(unique_ids)` drops some, as if Klaviyo had
+lost them), `profiles` (by profile key), `metrics` (the MetricBook: API
 metrics made by events; `seed` / `seed_flow` add a native integration's metrics and their flows),
 `received` (every request the fake answered itself, with status and raw body; `count()` filters them),
 `settings`, `faults` (the base's switches; a storm's 429 carries `Retry-After: settings.storm_retry_after`,
@@ -33,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from etl.sandbox.klaviyo_aggregates import AggregateRefused, aggregate
 from etl.sandbox.klaviyo_metrics import MetricBook, QueryError
 from etl.sandbox.klaviyo_ratelimit import RateLimiter
 from etl.sandbox.klaviyo_store import (
@@ -69,6 +72,7 @@ SCOPES = {
     "jobs": {"profiles:read", "lists:read"},
     "import-errors": {"profiles:read"},
     "metrics": {"metrics:read"},
+    "aggregates": {"metrics:read"},
 }
 
 
@@ -123,13 +127,19 @@ class KlaviyoHandler(SandboxHandler):
             return
         if not self._admitted(operation, method):
             return
-        allowed, limit_headers = self.server.limiter.take((self._key, operation))
+        settings = self.server.settings
+        own = (
+            (settings.aggregates_per_second, settings.aggregates_per_minute)
+            if operation == "aggregates"
+            else None
+        )
+        allowed, limit_headers = self.server.limiter.take((self._key, operation), own)
         if not allowed:
             detail = f"Request was throttled. Expected available in {limit_headers['Retry-After']} second."
             headers = {} if self.server.faults.bare_429 else limit_headers  # a 429 that names no wait
             self._fail(429, error(429, "throttled", "Request was throttled.", detail), headers=headers)
             return
-        if operation in ("events", "import"):
+        if operation in ("events", "import", "aggregates"):
             self._post(operation, limit_headers)
         elif operation == "job":
             self._get_job(job_id, limit_headers)
@@ -151,6 +161,8 @@ class KlaviyoHandler(SandboxHandler):
             return "jobs", ""
         if method == "GET" and stripped == "/api/metrics":
             return "metrics", ""
+        if method == "POST" and stripped == "/api/metric-aggregates":
+            return "aggregates", ""
         if method == "GET" and (match := _JOB_ERRORS.match(path)):
             return "import-errors", match[1]
         if method == "GET" and (match := _JOB.match(path)):
@@ -206,6 +218,14 @@ class KlaviyoHandler(SandboxHandler):
             self._fail(
                 400, error(400, "parse_error", "Malformed JSON.", "The request body is not valid JSON.")
             )
+            return
+        if operation == "aggregates":
+            try:
+                answer = aggregate(body, self.server.metrics, self.server.events, self.server.url)
+            except AggregateRefused as refused:
+                self._fail(refused.status, *refused.errors)
+            else:
+                self._reply(200, answer, limit_headers)
             return
         if operation == "events":
             problems = self.server.store.create_events(body)

@@ -33,7 +33,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -67,6 +67,8 @@ class KlaviyoSettings:
     queued_seconds: float = 0.5  # an import job reads `queued` this long after submission
     processing_seconds: float = 1.0  # ... then `processing` this long, then `complete`
     storm_retry_after: int = 1  # Retry-After of the 429s that `faults.storm_requests` injects
+    aggregates_per_second: int = 3  # spec x-klaviyo-ratelimit of query_metric_aggregates: burst 3/s
+    aggregates_per_minute: int = 60  # ... steady 60/m
     # how `import-errors` name their profile: "data" (pointer `/data`, the profile in `original_payload`: the
     # spec's default and example pointer, and what connectors in the field match on, e.g. RudderStack's
     # Klaviyo bulk upload reads only `original_payload`), "item" (a pointer into the request's entries),
@@ -231,6 +233,15 @@ class KlaviyoStore:
     def profiles(self) -> dict[str, dict[str, Any]]:
         with self.lock:
             return {key: dict(value) for key, value in self._profiles.items()}
+
+    def forget_events(self, unique_ids: Iterable[str]) -> int:
+        """A test switch: drop the stored events with these unique_ids, as if Klaviyo had lost them; how many."""
+        wanted = set(unique_ids)
+        with self.lock:
+            keys = [key for key in self._events if key[2] in wanted]
+            for key in keys:
+                del self._events[key]
+        return len(keys)
 
     def job(self, job_id: str) -> ImportJob | None:
         with self.lock:
