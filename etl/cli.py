@@ -792,7 +792,7 @@ def sandbox_serve(seed: int, intercom_port: int, klaviyo_port: int) -> None:
 @click.pass_obj
 def explain(obj: Cli, kind: str, object_id: str, job_name: str | None, live: bool, as_json: bool) -> None:
     """One object's story: KIND contact|conversation|ticket; its snapshot, identity and outbox items (queued,
-    sent when and by which run, or failed with Klaviyo's error). Queues and sends nothing.
+    sent when and by which run, or failed with Klaviyo's error); it queues and sends nothing.
 
     \b
     Examples:

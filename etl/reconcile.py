@@ -36,7 +36,8 @@ from etl import logs
 from etl.config import JobSettings, Settings, parse_duration, parse_timestamp
 from etl.delivery import deliver
 from etl.errors import ConfigError, EtlError, KlaviyoError, OutOfStep, worst_exit_code
-from etl.klaviyo import API_CATEGORY
+from etl.explain import KINDS
+from etl.klaviyo import API_CATEGORY, Names
 from etl.lease import LeaseKeeper
 from etl.models import STREAMS, RunOptions, RunReport, Window, iso_z
 from etl.pipeline import JobRun, Services
@@ -59,7 +60,6 @@ DEFAULT_WINDOW = timedelta(days=7)
 SENT_EVENTS_CHUNK = 20_000  # sent events read from the outbox at a time
 SENT_SLACK = timedelta(days=1)  # an event is sent after it happened; slack for Intercom's clock and ours
 IN_LIST = 500  # snapshots looked up per query after a repair (docs/design.md §9: SQL IN lists)
-_KIND_STREAMS = {"contact": "contacts", "conversation": "conversations", "ticket": "tickets"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class ReconcileOptions:
 def stream_of(unique_id: str) -> str:
     """The stream an outbox item comes from, by its unique_id (`intercom:{kind}:…`)."""
     parts = unique_id.split(":")
-    return _KIND_STREAMS.get(parts[1], "-") if len(parts) > 2 else "-"
+    return KINDS.get(parts[1], "-") if len(parts) > 2 else "-"
 
 
 def event_facts(payload: Mapping[str, Any]) -> Iterator[tuple[str, datetime]]:
@@ -238,7 +238,8 @@ class Reconciler:
                 log.info("re-reading missed objects", extra={"fields": {"job": name, "stream": stream}})
                 reports.append(JobRun(self.job, window, self.services, clock=self.clock).execute())
         reports.append(RunReport(name, "backfill"))  # what is still pending (without a backfill: everything)
-        deliver(store, klaviyo, name, reports[-1], clock=self.clock, check_lease=check_lease)
+        names = Names(self.job.metric_names, self.job.property_names)  # the outbox keeps the default names
+        deliver(store, klaviyo, name, reports[-1], clock=self.clock, check_lease=check_lease, names=names)
         done["reread"] = sum(r.streams.get(s, {}).get("objects", 0) for r in reports for s in self.streams)
         done["delivered"] = sum(r.delivery.events_sent + r.delivery.profiles_sent for r in reports)
 

@@ -79,7 +79,7 @@ def test_check_reports_the_database_state(config: Path, db_url: str) -> None:
     else:  # on PostgreSQL `etl run` would stop with exit 5: a problem now
         assert before.exit_code == 2 and before.stdout == ""
         assert before.stderr.strip() == (
-            "etl: error: database: revision none (empty), this etl needs 0001: run `etl db upgrade` (until then "
+            "etl: error: database: revision none (empty), this etl needs 0002: run `etl db upgrade` (until then "
             "`etl run` stops with exit 5)"
         )
     invoke("--config", str(config), "db", "upgrade")
@@ -512,7 +512,7 @@ def test_json_output_of_state_show_outbox_check_and_db_current(config: Path, db_
     assert json.loads(invoke("--config", str(config), "db", "current", "--json").stdout) == {
         "database": redact_url(db_url),
         "revision": None,
-        "head": "0001",
+        "head": "0002",
         "up_to_date": False,
     }
     invoke("--config", str(config), "db", "upgrade")
@@ -563,9 +563,9 @@ def test_json_output_of_state_show_outbox_check_and_db_current(config: Path, db_
         },
         {
             "database": checked[1]["database"],
-            "revision": "0001",
-            "head": "0001",
-            "status": "revision 0001, up to date",
+            "revision": "0002",
+            "head": "0002",
+            "status": "revision 0002, up to date",
         },
     ]
 

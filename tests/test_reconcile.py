@@ -365,6 +365,9 @@ def restore_logging() -> Iterator[None]:
 
 
 def invoke(*args: str) -> Result:
+    """The CLI with text logs and error lines (off a terminal they would be JSON lines)."""
+    if "--log-format" not in args:
+        args = ("--log-format", "text", *args)
     return CliRunner().invoke(cli, list(args), env=ENV)
 
 
