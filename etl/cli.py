@@ -754,10 +754,13 @@ def outbox_prune(obj: Cli, job: str, older_than: str) -> None:
 def demo(obj: Cli, seed: int, workdir: str | None) -> None:
     """Run the whole job end to end against the built-in sandbox (no credentials needed).
 
-    Logs are kept to warnings (the summaries tell the story); -v shows the run's log lines too.
+    Logs are kept to warnings (the summaries tell the story); -v shows the run's log lines too. The demo is
+    read by a person, so its lines are text unless --log-format says otherwise.
     """
     from etl.demo import run_demo
 
+    if click.get_current_context().find_root().params.get("log_format") is None:
+        logs.configure("text", obj.verbosity)
     if obj.verbosity <= 0:
         logging.getLogger(logs.LOGGER_NAME).setLevel(logging.WARNING)
     sys.exit(run_demo(seed=seed, workdir=Path(workdir) if workdir else None))
