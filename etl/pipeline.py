@@ -94,6 +94,17 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def failure_text(exc: BaseException) -> str:
+    """What the run history records of a run that ended early."""
+    if isinstance(exc, EtlError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: say which
+        return str(Interrupted.of(exc))
+    if isinstance(exc, BrokenPipeError):  # a dry-run's reader went away (`| head`): not a bug
+        return "stdout closed: nobody reads the output any more"
+    return f"{type(exc).__name__}: {logs.scrub(str(exc))[:300]}"
+
+
 class JobRun:
     """One run of one job. `execute()` returns the RunReport or raises an EtlError."""
 
@@ -144,17 +155,8 @@ class JobRun:
                     self.read_stream(window)
                 self.sink.complete(self.report, self.watermarks(plan), check_lease, self.progress)
                 self.finish("succeeded" if not self.rejected else "rejected", None)
-            except EtlError as exc:
-                self.finish("failed", str(exc))
-                raise
-            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run history says which
-                self.finish("failed", str(Interrupted.of(exc)))
-                raise
-            except BrokenPipeError:  # a dry-run's reader went away (`| head`): not a bug, nothing to report
-                self.finish("failed", "stdout closed: nobody reads the output any more")
-                raise
             except BaseException as exc:
-                self.finish("failed", f"{type(exc).__name__}: {logs.scrub(str(exc))[:300]}")
+                self.finish("failed", failure_text(exc))
                 raise
             finally:
                 self.progress.close()  # stop the bars and rich's stdout redirection before a summary or error
