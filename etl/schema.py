@@ -26,11 +26,29 @@ def redact_url(url: str) -> str:
         return "<invalid database URL>"
 
 
+LOCKED_ADVICE = (
+    "another process holds the SQLite file locked (a running etl, a sqlite3 shell, a backup): "
+    "let it finish or stop it, then run again"
+)
+UNREACHABLE_ADVICE = (
+    "check that the database server is up and reachable, then run again: nothing uncommitted was kept, "
+    "and a run resumes where the last commit left it"
+)
+
+
 def describe_error(exc: BaseException) -> str:
-    """A one-line description of a database error, never with its parameters (they may hold payload data)."""
+    """A one-line description of a database error, never with its parameters (they may hold payload data),
+    with what to do when the database is locked or unreachable (the cause is outside this process)."""
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+    line = (text[0] if text else type(exc).__name__)[:300]
+    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return line
+    if "database is locked" in line:  # sqlite3's busy timeout ran out
+        return f"{line}: {LOCKED_ADVICE}"
+    if "sqlite" not in type(orig).__module__:  # a server closed, refused or dropped the connection
+        return f"{line}: {UNREACHABLE_ADVICE}"
+    return line
 
 
 class Migrations:

@@ -40,9 +40,44 @@ def free_ports() -> Iterator[int]:
         yield port  # after closing the socket: a generator paused inside `with` would keep the port bound
 
 
+class Cluster:
+    """A private PostgreSQL cluster the test may stop and start again (a database outage); see `cluster`."""
+
+    def __init__(self, pg_ctl: str, data: str, prefix: list[str], opts: str, log: Path, port: int) -> None:
+        self.pg_ctl, self.data, self.prefix, self.opts, self.log, self.port = (
+            pg_ctl,
+            data,
+            prefix,
+            opts,
+            log,
+            port,
+        )
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: "fast" ends every session (their clients see the connection closed)."""
+        command = [*self.prefix, self.pg_ctl, "-D", self.data, "-m", mode, "-w", "stop"]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> None:
+        command = [
+            *self.prefix,
+            self.pg_ctl,
+            "-D",
+            self.data,
+            "-o",
+            self.opts,
+            "-l",
+            str(self.log),
+            "-w",
+            "start",
+        ]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 @contextmanager
-def throwaway_server(ports: Iterator[int] | None = None) -> Iterator[str]:
-    """Start a private PostgreSQL cluster on a free loopback port; yields its admin URL.
+def cluster(ports: Iterator[int] | None = None) -> Iterator[Cluster]:
+    """Start a private PostgreSQL cluster on a free loopback port; yields its handle.
 
     A port is chosen before the server binds it, so it can be taken in between (another test run, another
     cluster): a start that fails with "Address already in use" is retried on a fresh port.
@@ -76,7 +111,7 @@ def throwaway_server(ports: Iterator[int] | None = None) -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
         raise
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield Cluster(pg_ctl, data, prefix, opts, log, port)
     finally:
         subprocess.run(
             [*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"],
@@ -88,10 +123,19 @@ def throwaway_server(ports: Iterator[int] | None = None) -> Iterator[str]:
 
 
 @contextmanager
+def throwaway_server(ports: Iterator[int] | None = None) -> Iterator[str]:
+    """Start a private PostgreSQL cluster on a free loopback port; yields its admin URL."""
+    with cluster(ports) as server:
+        yield server.url
+
+
+@contextmanager
 def fresh_database(admin_url: str) -> Iterator[str]:
     """A new empty database on the server; dropped afterwards."""
     name = f"etl_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(
+        admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True
+    )  # the server may restart
     try:
         for attempt in range(50):
             try:

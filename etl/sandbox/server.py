@@ -92,11 +92,12 @@ class SandboxHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         self._raw_body = self.rfile.read(length) if length else b""
         self.server.record(method, self.path)
+        if self.server.notify("received", method, self.path):
+            self._hang_up()
+            return
         fault = self.server.faults.draw()
         if fault == "reset":
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
+            self._hang_up()
             return
         if fault == "slow":
             time.sleep(self.server.faults.slow_seconds)
@@ -113,6 +114,12 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self.send_raw(200, b"", self.content_type)
             return
         self.route(method)
+
+    def _hang_up(self) -> None:
+        """Close the connection without a reply."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     # -- for subclasses ---------------------------------------------------------------------------
     def route(self, method: str) -> None:
@@ -144,6 +151,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def send_raw(
         self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
     ) -> None:
+        if self.server.notify("answering", self.command, self.path):
+            self._hang_up()  # the request was applied; its reply is never written
+            return
         self.send_response(status)
         if data:
             self.send_header("Content-Type", content_type)
@@ -167,6 +177,11 @@ class SandboxServer(ThreadingHTTPServer):
         self.faults = Faults()
         self.clock: Callable[[], float] = time.time  # subclasses take an injected one
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
+        # on_request(stage, method, path) is called when a request was read ("received", before it is handled)
+        # and when its reply is about to be written ("answering", the request applied); a true return hangs
+        # up instead. Crash tests kill the client there: before a request took effect, or after it did but
+        # before the client could learn so.
+        self.on_request: Callable[[str, str, str], bool] | None = None
         self._requests_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -182,6 +197,10 @@ class SandboxServer(ThreadingHTTPServer):
     def record(self, method: str, path: str) -> None:
         with self._requests_lock:
             self.requests.append((method, path))
+
+    def notify(self, stage: str, method: str, path: str) -> bool:
+        """Calls `on_request`; true when the request is to be hung up on."""
+        return self.on_request is not None and self.on_request(stage, method, path)
 
     def start(self) -> Self:
         self._thread = threading.Thread(
