@@ -100,7 +100,9 @@ def test_plan_prints_one_line_of_flags_per_slice(config: Path) -> None:
         "--since 2026-03-01T00:00:00Z --until 2026-04-01T00:00:00Z",
         "--since 2026-04-01T00:00:00Z --until 2026-04-15T00:00:00Z",
     ]
-    one = plan(config, "shop", "--since", "2026-01-01", "--until", "2026-04-15", "--every", "1mo", "--index", "3")
+    one = plan(
+        config, "shop", "--since", "2026-01-01", "--until", "2026-04-15", "--every", "1mo", "--index", "3"
+    )
     assert one.stdout == "--since 2026-04-01T00:00:00Z --until 2026-04-15T00:00:00Z\n"
 
 
