@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install test lint format demo bench migrate clean
+.PHONY: help venv install test soak lint format demo bench migrate clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -21,7 +21,10 @@ venv: $(STAMP) ## create .venv and install the project with its dev extras
 install: $(STAMP) ## same as venv
 
 test: $(STAMP) ## run the test suite (SQLite always; PostgreSQL via ETL_TEST_POSTGRES_URL or local binaries)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not soak"
+
+soak: $(STAMP) ## the long randomized tests (random kills of concurrent runs); ETL_SOAK_SEED picks the seed
+	$(BIN)/pytest -q -m soak
 
 lint: $(STAMP) ## ruff lint + format check, mypy on etl/, the import layers (lint-imports)
 	$(BIN)/ruff check etl tests migrations

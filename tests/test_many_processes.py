@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import random
+import re
 import subprocess
 import sys
 import time
@@ -131,3 +133,63 @@ def test_incremental_run_and_four_slices_at_once_deliver_what_one_run_does(
         digests = snapshot_digests(url, "ref")
         assert snapshot_digests(url, "shop") == digests == snapshot_digests(url, "other")
         assert elapsed < WAIT_SECONDS
+
+
+@pytest.mark.soak
+def test_random_kills_of_concurrent_runs_lose_and_double_nothing(pg_admin_url: str, tmp_path: Path) -> None:
+    """The same six processes, some killed (SIGKILL: no unwinding, the lease left to expire) at random moments,
+    then each killed one started again until it succeeds: Klaviyo ends up with exactly one run's content."""
+    rng = random.Random(int(os.environ.get("ETL_SOAK_SEED", "13")))
+    with fresh_database(pg_admin_url) as url, sandboxes(klaviyos=2) as boxes:
+        migrated = StateStore(url)
+        migrated.upgrade()
+        migrated.close()
+        config = write_jobs(
+            tmp_path / "jobs.yaml", url, boxes.job("ref", klaviyo=0), boxes.job("shop", klaviyo=1)
+        )
+        # the shortest lease jobs.yaml allows: a killed run's lease expires 30 s later
+        config.write_text(re.sub(r"(\n\s+)(start_date: .*)", r"\1\2\1lock_ttl: 30s", config.read_text()))
+        ((code, stderr),) = finish([etl_process(config, "ref")])
+        assert code == 0, stderr
+        expected = klaviyo_content(boxes.klaviyos[0])
+
+        slices = plan_slices(START_DATE, T0 + (T0 - START_DATE), slices=SLICES)
+        commands = [("shop",)] + [
+            ("shop", "--since", lo.isoformat(), "--until", hi.isoformat()) for lo, hi in slices
+        ]
+        processes = [etl_process(config, *command) for command in commands]
+        victims = rng.sample(processes, k=rng.randint(2, len(processes)))
+        delays = {proc.pid: rng.uniform(0.0, 2.0) for proc in victims}  # after its lease is taken: mid-run
+        store, seen = StateStore(url), {}
+        try:
+            while delays and any(p.poll() is None for p in victims):
+                now = time.monotonic()
+                for _, owner, _ in store.leases("shop"):
+                    seen.setdefault(int(owner.split(":")[1]), now)  # owner: host:pid:nonce
+                for proc in victims:
+                    if proc.pid in delays and proc.pid in seen and now >= seen[proc.pid] + delays[proc.pid]:
+                        proc.kill()
+                        del delays[proc.pid]
+                time.sleep(0.05)
+        finally:
+            store.close()
+        pending = [
+            command for command, (code, _) in zip(commands, finish(processes), strict=True) if code != 0
+        ]
+        store = StateStore(url)
+        try:
+            killed_mid_run = [r for r in store.runs("shop", 50) if r.status == "running"]
+        finally:
+            store.close()
+        assert killed_mid_run, "no kill landed inside a run: the test proved nothing"
+        rounds, deadline = 0, time.monotonic() + 150
+        while pending and time.monotonic() < deadline:  # run again what was killed, as cron or a Job would
+            rounds += 1
+            results = finish([etl_process(config, *command) for command in pending])
+            assert all(code in (0, 75) for code, _ in results), [err[-400:] for _, err in results]
+            pending = [command for command, (code, _) in zip(pending, results, strict=True) if code != 0]
+            if pending:
+                time.sleep(3)  # a killed run's lease is still held (exit 75) until its TTL runs out
+        assert pending == []
+        print(f"soak: {len(victims)} killed, {len(killed_mid_run)} mid-run, {rounds} rounds of re-runs")
+        assert klaviyo_content(boxes.klaviyos[1]) == expected
