@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from etl.sandbox.server import Faults
 from etl.state import StateStore
 from etl.windows import plan_slices
 from tests.pg import fresh_database
@@ -34,6 +37,23 @@ pytestmark = pytest.mark.postgres
 
 WAIT_SECONDS = 90  # every process must have ended by then: a deadlock fails the test instead of hanging it
 SLICES = 4
+
+
+class Gate(Faults):
+    """Holds each request until `parties` requests have arrived (then lets all through): started together, the
+    runs are all mid-run at once, however slowly a loaded machine starts each process."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=WAIT_SECONDS / 2)
+        self.opened = threading.Event()
+
+    def draw(self) -> str | None:
+        if not self.opened.is_set():
+            with contextlib.suppress(threading.BrokenBarrierError):  # broken: the test's asserts say why
+                self.barrier.wait()
+            self.opened.set()
+        return super().draw()
 
 
 def etl_process(config: Path, *args: str) -> subprocess.Popen[str]:
@@ -105,6 +125,7 @@ def test_incremental_run_and_four_slices_at_once_deliver_what_one_run_does(
         ref_rows = job_rows(url, "ref")
 
         slices = plan_slices(START_DATE, T0 + (T0 - START_DATE), slices=SLICES)
+        boxes.intercom.server.faults = Gate(2 + SLICES)  # each run's first request waits for the others'
         started = time.monotonic()
         processes = [etl_process(config, "shop"), etl_process(config, "other")] + [
             etl_process(config, "shop", "--since", lo.isoformat(), "--until", hi.isoformat())
