@@ -23,7 +23,7 @@ install: $(STAMP) ## same as venv
 test: $(STAMP) ## run the test suite (SQLite always; PostgreSQL via ETL_TEST_POSTGRES_URL or local binaries)
 	$(BIN)/pytest -q -m "not soak"
 
-soak: $(STAMP) ## the long sweeps (SIGKILL at every page and request on PostgreSQL); minutes
+soak: $(STAMP) ## the long sweeps: SIGKILL at every page and request on PostgreSQL, random kills of concurrent runs (ETL_SOAK_SEED); minutes
 	$(BIN)/pytest -q -m soak
 
 lint: $(STAMP) ## ruff lint + format check, mypy on etl/, the import layers (lint-imports)

@@ -323,6 +323,89 @@ def _run_options(
     return RunOptions(dry_run, output, start, end, replay, chosen, metrics_file, pushgateway)
 
 
+# -- backfill-plan -----------------------------------------------------------------------------------
+@cli.command("backfill-plan")
+@click.argument("jobs", nargs=-1, metavar="[JOB]...")
+@click.option("--since", metavar="TS", required=True, help="Start of the window (ISO 8601 or date; UTC).")
+@click.option(
+    "--until", metavar="TS", required=True, help="End of the window, exclusive (ISO 8601 or date; UTC)."
+)
+@click.option("--slices", type=click.IntRange(1, 10_000), help="Cut the window into this many equal slices.")
+@click.option(
+    "--every", metavar="DURATION", help="One slice per calendar month (1mo, 3mo) or duration (7d, 12h)."
+)
+@click.option(
+    "--index", type=click.IntRange(0), help="Print only this slice (a Job's $JOB_COMPLETION_INDEX)."
+)
+@_json_option
+@click.pass_obj
+def backfill_plan(
+    obj: Cli,
+    jobs: tuple[str, ...],
+    since: str,
+    until: str,
+    slices: int | None,
+    every: str | None,
+    index: int | None,
+    as_json: bool,
+) -> None:
+    """Print the --since/--until slices of a backfill window, one line per slice (a Kubernetes Indexed Job).
+
+    The slices tile [since, until) without gaps or overlaps. A window or slice that `etl run` would refuse
+    (one ending before a job's start_date, or starting in the future) is refused here, before any pod runs.
+
+    \b
+    Examples:
+      etl backfill-plan shop --since 2026-01-01 --until 2026-07-01 --every 1mo
+      etl run shop $(etl backfill-plan shop --since 2026-01-01 --until 2026-07-01 --slices 6 --index 2)
+    """
+    from etl.windows import plan_slices
+
+    options = _run_options(
+        dry_run=False, output=None, since=since, until=until, replay=False, streams=None,
+        metrics_file=None, pushgateway=None,
+    )  # fmt: skip  # the same checks as `run`
+    assert options.since is not None and options.until is not None  # both flags are required
+    if (slices is None) == (every is None):
+        raise UsageError("give one of --slices N or --every DURATION (1mo, 7d, ...)")
+    months, step = None, None
+    if every is not None:
+        text = every.strip()
+        try:
+            if text.endswith("mo") and text[:-2].isdigit():
+                months = int(text[:-2])
+            else:
+                step = parse_duration(text)
+        except ValueError as exc:
+            raise UsageError(f"--every: {exc} (or months: 1mo)") from None
+    try:
+        plan = plan_slices(options.since, options.until, slices=slices, months=months, step=step)
+    except ValueError as exc:
+        raise UsageError(f"--slices/--every: {exc}") from None
+    selected, now = obj.settings().select(list(jobs)), _now()
+    _refuse_empty_backfill(options, selected, now)  # the whole window, exactly as `etl run` would
+    refused: list[tuple[int, ConfigError]] = []
+    for at, (lo, hi) in enumerate(plan):  # a pod would exit 2 on any of these: say so now, for all of them
+        try:
+            _refuse_empty_backfill(RunOptions(since=lo, until=hi), selected, now)
+        except ConfigError as exc:
+            refused.append((at, exc))
+    if refused:
+        at, first = refused[0]
+        more = f" (and {len(refused) - 1} more slices)" if len(refused) > 1 else ""
+        raise ConfigError(
+            f"slice {at} of {len(plan)}{more}: {first}; `etl run` would refuse it: cut another window"
+        )
+    if index is not None and index >= len(plan):
+        raise UsageError(f"--index {index}: the plan has {len(plan)} slices (0-{len(plan) - 1})")
+    for at, (lo, hi) in enumerate(plan):
+        if index is None or at == index:
+            if as_json:
+                _echo_json({"index": at, "since": iso_z(lo), "until": iso_z(hi)})
+            else:
+                click.echo(f"--since {iso_z(lo)} --until {iso_z(hi)}")
+
+
 # -- check -------------------------------------------------------------------------------------------
 @cli.command()
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")

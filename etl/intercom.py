@@ -50,6 +50,7 @@ from urllib.parse import quote
 from etl.errors import IntercomError
 from etl.http import DEFAULT_RETRY_BUDGET, DEFAULT_TIMEOUT, ApiClient, HttpClient
 from etl.models import STREAMS, Page, Window
+from etl.snapshots import text, timestamp
 
 MAX_PER_PAGE = 150  # spec 2.16: search pagination.per_page maximum
 RATE_WINDOW_SECONDS = 10.0  # "limits are distributed over 10 second windows" (Intercom rate limiting docs)
@@ -70,8 +71,26 @@ class Fetched:
     merged_into: str | None = None
 
 
-def _epoch(obj: Mapping[str, Any]) -> int:
-    return int(obj.get("updated_at") or 0)
+def _epoch(obj: Any) -> int | None:
+    """The object's updated_at in UNIX seconds, or None when it has none we can read."""
+    return timestamp(obj.get("updated_at")) if isinstance(obj, Mapping) else None
+
+
+def malformed(obj: Any) -> str | None:
+    """Why a search result cannot be used (every result has an id and an updated_at: spec 2.16, the
+    contact, conversation and ticket schemas), or None when it can."""
+    if not isinstance(obj, Mapping):
+        return f"not an object ({type(obj).__name__})"
+    if text(obj.get("id")) is None:
+        return "no id"
+    if _epoch(obj) is None:
+        return f"updated_at is not a UNIX time ({str(obj.get('updated_at'))[:40]!r})"
+    return None
+
+
+def _last_epoch(objects: list[Any]) -> int | None:
+    """updated_at of the last readable object of a page: where the page ends in the descending order."""
+    return next((e for e in map(_epoch, reversed(objects)) if e is not None), None)
 
 
 def covering_query(since: float, until: float) -> dict[str, Any]:
@@ -182,18 +201,26 @@ class IntercomClient(ApiClient):
                 continue
             total = count if isinstance(count, int) else total
             objects = body[LIST_KEYS[stream]]
-            fresh = []
+            fresh, bad = [], []
             for obj in objects:
-                if since <= _epoch(obj) < until and str(obj.get("id")) not in yielded:
+                problem = malformed(obj)
+                if problem is not None:
+                    ident = text(obj.get("id")) if isinstance(obj, Mapping) else None
+                    if ident is None or f"!{ident}" not in yielded:  # once per call, however often served
+                        yielded.add(f"!{ident}")
+                        bad.append((ident, problem))
+                    continue
+                if since <= (_epoch(obj) or 0) < until and str(obj.get("id")) not in yielded:
                     yielded.add(str(obj.get("id")))
                     fresh.append(obj)
             if stream == "contacts":
                 fresh = self._with_all_tags(fresh)
             number += 1
-            yield Page(stream=stream, objects=tuple(fresh), total_count=total, number=number)
-            last_read = _epoch(objects[-1]) if objects else last_read
+            yield Page(stream, tuple(fresh), total, number, malformed=tuple(bad))
+            end = _last_epoch(objects)
+            last_read = end if end is not None else last_read
             cursor = self._next_cursor(body)
-            if cursor is None or (objects and _epoch(objects[-1]) < since):
+            if cursor is None or (end is not None and end < since):
                 return
             if cursor in cursors:
                 raise IntercomError(

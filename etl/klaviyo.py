@@ -367,7 +367,9 @@ class KlaviyoClient(ApiClient):
                         flows=tuple(included[t["id"]] for t in triggers if t.get("id") in included),
                     )
                 )
-            url = (body.get("links") or {}).get("next")
+            links = body.get("links")
+            following = links.get("next") if isinstance(links, Mapping) else None
+            url = following if isinstance(following, str) and following else None
             query = None  # the next link carries the filter, the include and the cursor
         return found
 
@@ -442,8 +444,8 @@ class KlaviyoClient(ApiClient):
         """Submit one import job (appended to `jobs`); a rejected one as the parts Klaviyo accepts."""
         reply = self.http.request("POST", IMPORT_JOBS_PATH, data=batch.body, accept=REJECTED)
         if reply.status not in REJECTED:
-            job_id = (reply.body or {}).get("data", {}).get("id")
-            if not job_id:
+            job_id = _attributes(reply.body, "id")
+            if not isinstance(job_id, str | int) or isinstance(job_id, bool) or not job_id:
                 raise KlaviyoError(
                     f"Klaviyo accepted POST {IMPORT_JOBS_PATH} without a job id; check the API revision"
                 )
@@ -463,7 +465,12 @@ class KlaviyoClient(ApiClient):
             wait = checked_at + self.poll_interval - self.clock()
             if wait > 0:
                 self.sleep(wait)
-            attributes = self.http.request("GET", path).body["data"]["attributes"]
+            attributes = _attributes(self.http.request("GET", path).body, "attributes")
+            if not isinstance(attributes, Mapping):
+                raise KlaviyoError(
+                    f"Klaviyo answered GET {path} with an unexpected body (no data.attributes); try again "
+                    "later (its profiles stay pending and are resent)"
+                )
             checked_at = self.clock()
             status = attributes.get("status")
             if status == "cancelled":
@@ -490,8 +497,15 @@ class KlaviyoClient(ApiClient):
         params: dict[str, Any] | None = {"page[size]": IMPORT_ERRORS_PAGE_SIZE}
         while url:
             body = self.http.request("GET", url, params=params).body
-            for resource in body.get("data") or []:
-                error = resource.get("attributes") or {}
+            found = body.get("data") if isinstance(body, Mapping) else None
+            if not isinstance(found, list):
+                raise KlaviyoError(
+                    f"Klaviyo answered GET {IMPORT_JOBS_PATH}/{job_id}/import-errors with an unexpected body "
+                    "(no data list); try again later (its profiles stay pending and are resent)"
+                )
+            for resource in found:
+                error = _attributes({"data": resource}, "attributes")
+                error = error if isinstance(error, Mapping) else {}
                 pointer = _source(error).get("pointer") or ""
                 ids = batch.ids_at(str(pointer)) or batch.ids_of(error.get("original_payload"))
                 if ids:
@@ -502,6 +516,14 @@ class KlaviyoClient(ApiClient):
                     "Klaviyo reported an import error that names no profile of the job",
                     extra={"fields": {"import_job": job_id, "error": _error_text(error)}},
                 )
-            url = (body.get("links") or {}).get("next")
+            links = body.get("links")
+            following = links.get("next") if isinstance(links, Mapping) else None
+            url = following if isinstance(following, str) and following else None
             params = None  # the next link carries the cursor and the page size
         return failed
+
+
+def _attributes(body: Any, key: str) -> Any:
+    """`body.data[key]` of a JSON:API document, or None whatever shape the body has instead."""
+    data = body.get("data") if isinstance(body, Mapping) else None
+    return data.get(key) if isinstance(data, Mapping) else None

@@ -33,6 +33,7 @@ class Page:
     objects: tuple[Mapping[str, Any], ...]  # raw Intercom JSON objects
     total_count: int | None = None
     number: int = 1  # 1-based page number within the window
+    malformed: tuple[tuple[str | None, str], ...] = ()  # (id or None, why) of results that could not be used
 
 
 @dataclass(frozen=True)

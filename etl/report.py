@@ -114,6 +114,8 @@ SUMMARY_COLUMNS = (
     ("no_identifier", ("skipped:no_identifier",)),
     ("api_calls", ("api_calls",)),
 )
+# shown only in a run that met some: objects Intercom served without an id or updated_at (skipped, logged)
+RARE_COLUMNS = (("malformed", ("skipped:malformed",)),)
 
 
 def render_table(
@@ -140,9 +142,18 @@ def render_table(
 
 def summary_table(report: RunReport) -> str:
     """A plain-text table of one run's per-stream counts, plus delivery and API totals."""
-    header = ["stream", *[name for name, _ in SUMMARY_COLUMNS]]
+    columns = (
+        SUMMARY_COLUMNS[:-1]
+        + tuple(
+            (name, keys)
+            for name, keys in RARE_COLUMNS
+            if any(counts.get(k) for counts in report.streams.values() for k in keys)
+        )
+        + SUMMARY_COLUMNS[-1:]
+    )
+    header = ["stream", *[name for name, _ in columns]]
     rows = [
-        [s, *[str(sum(report.streams[s].get(k, 0) for k in keys)) for _, keys in SUMMARY_COLUMNS]]
+        [s, *[str(sum(report.streams[s].get(k, 0) for k in keys)) for _, keys in columns]]
         for s in STREAMS
         if s in report.streams
     ]

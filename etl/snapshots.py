@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -85,8 +87,32 @@ def text(value: Any) -> str | None:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str) and value != "":
-        return value
+        return clean_text(value) or None
     return None
+
+
+_SURROGATES = re.compile("[\ud800-\udfff\x00]")
+
+
+def clean_text(value: str) -> str:
+    """A string every store and API can carry: a lone UTF-16 surrogate (valid in JSON as an escape, `\\ud83d`,
+    but not in UTF-8) becomes U+FFFD, and NUL is dropped (PostgreSQL's jsonb and text refuse `\\u0000`)."""
+    if value.isascii() and "\x00" not in value:  # the common case, without a regex
+        return value
+    return _SURROGATES.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", value)
+
+
+def clean_json(value: Any) -> Any:
+    """A private copy of a JSON value with every string and key passed through `clean_text`."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, Mapping):
+        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # Python's JSON reader takes NaN and Infinity; JSON itself, jsonb and Klaviyo do not
+    return copy.deepcopy(value)
 
 
 def integer(value: Any) -> int | None:
@@ -150,7 +176,7 @@ def tag_list(value: Any) -> list[dict[str, str]]:
 
 def json_object(value: Any) -> dict[str, Any]:
     """A private copy of a JSON object, so later changes to the raw object cannot reach the snapshot."""
-    return copy.deepcopy(dict(value)) if isinstance(value, Mapping) else {}
+    return clean_json(value) if isinstance(value, Mapping) else {}
 
 
 def part_order(part: Mapping[str, Any]) -> tuple[int, tuple[int, int, str]]:

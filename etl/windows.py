@@ -7,6 +7,8 @@ unfinished backfill of the same window where that one stopped (its progress is i
 
 from __future__ import annotations
 
+import calendar
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -80,3 +82,50 @@ def plan_windows(
     if since is not None:
         state["_backfill"] = backfill_key(since, until, streams)
     return WindowPlan(tuple(windows), state)
+
+
+def plan_slices(
+    since: datetime,
+    until: datetime,
+    *,
+    slices: int | None = None,
+    months: int | None = None,
+    step: timedelta | None = None,
+) -> tuple[tuple[datetime, datetime], ...]:
+    """Cut the backfill window [since, until) into contiguous [since, until) slices, for an Indexed Job.
+
+    Exactly one of: `slices` equal parts (boundaries on whole seconds, so the printed flags tile the window
+    exactly), `months` calendar months from `since` (a day past a month's end is that month's last day), or
+    a fixed `step`. The last slice ends at `until`; no slice is empty; each starts where the previous ended.
+    """
+    if [slices, months, step].count(None) != 2:
+        raise ValueError("give exactly one of slices, months or step")
+    if since >= until:
+        raise ValueError("since must be earlier than until")
+    bounds = [since]
+    if slices is not None:
+        seconds = int((until - since).total_seconds())
+        if slices < 1 or seconds < slices:
+            raise ValueError(f"cannot cut a window of {seconds} s into {slices} slices of whole seconds")
+        bounds += [since + timedelta(seconds=seconds * i // slices) for i in range(1, slices)]
+    elif months is not None:
+        if months < 1:
+            raise ValueError("months must be at least 1")
+        k = 1
+        while (moment := add_months(since, months * k)) < until:
+            bounds.append(moment)
+            k += 1
+    elif step is not None:
+        if step <= timedelta(0):
+            raise ValueError("step must be positive")
+        while (moment := bounds[-1] + step) < until:
+            bounds.append(moment)
+    bounds.append(until)
+    return tuple(itertools.pairwise(bounds))
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """The same day and time `months` later, or that month's last day (Jan 31 + 1 month = Feb 28/29)."""
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))

@@ -108,26 +108,61 @@ def test_container_args_are_valid_commands(name: str) -> None:
     assert checked, f"{name} has no container to check"
 
 
-def test_backfill_slices_are_contiguous_months_after_start_date() -> None:
-    """The Indexed Job's shell computes [since, until) slices that tile its months without gaps, none of them
-    before the ConfigMap's start_date (`etl run` refuses a window that can emit nothing) or in the future."""
+def test_backfill_slices_are_contiguous_months_after_start_date(tmp_path: Path) -> None:
+    """The Indexed Job's shell, with the real `etl backfill-plan` and a stub `etl run` that prints its
+    arguments, gives each completion index one [since, until) slice; the slices tile the plan without gaps,
+    none before the ConfigMap's start_date (`etl run` refuses a window that can emit nothing) or in the
+    future, and the plan has exactly `completions` slices."""
     (job,) = documents("backfill-indexed-job.yaml")
     assert job["spec"]["completionMode"] == "Indexed"
-    script = containers(job)[0]["args"][0].replace("exec etl", "echo")
+    (config,) = [d for d in documents("configmap.yaml") if d["kind"] == "ConfigMap"]
+    (tmp_path / "jobs.yaml").write_text(config["data"]["jobs.yaml"], encoding="utf-8")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "etl"  # the image's console script: real for backfill-plan, an echo for run
+    stub.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" backfill-plan "*) '
+        f"PYTHONPATH='{ROOT}' exec '{sys.executable}' -m etl \"$@\";; esac\n"
+        'echo "$@"\n',
+        encoding="utf-8",
+    )
+    stub.chmod(0o755)
+    environ = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "ETL_CONFIG": str(tmp_path / "jobs.yaml"),
+        "ETL_DATABASE_URL": "postgresql+psycopg://db/etl",  # the Secret's; backfill-plan never connects
+    }
+    (container,) = containers(job)
+    script = container["args"][0]
     slices = []
     for index in range(job["spec"]["completions"]):
         out = subprocess.run(
             ["sh", "-c", script],
-            env={"JOB_COMPLETION_INDEX": str(index)},
+            env={**environ, "JOB_COMPLETION_INDEX": str(index)},
             capture_output=True,
             text=True,
             check=True,
         ).stdout
         words = shlex.split(out)
+        assert words[:4] == ["--log-format", "json", "run", "intercom_to_klaviyo"]
         slices.append((words[words.index("--since") + 1], words[words.index("--until") + 1]))
-    assert slices[0][0] == "2026-01-01" and slices[-1][1] == "2026-07-01"
+    assert slices[0][0] == "2026-01-01T00:00:00Z" and slices[-1][1] == "2026-07-01T00:00:00Z"
     assert all(a[1] == b[0] for a, b in itertools.pairwise(slices))
-    (config,) = [d for d in documents("configmap.yaml") if d["kind"] == "ConfigMap"]
+    # one past the last index is no slice: the pod fails with exit 2, which the Job does not retry
+    beyond = subprocess.run(
+        ["sh", "-c", script],
+        env={**environ, "JOB_COMPLETION_INDEX": str(len(slices))},
+        capture_output=True,
+        text=True,
+    )
+    assert beyond.returncode == 2 and beyond.stdout == ""
+    assert "the plan has 6 slices (0-5)" in beyond.stderr
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule == {
+        "action": "FailIndex",
+        "onExitCodes": {"containerName": container["name"], "operator": "In", "values": [2]},
+    }
     settings = parse_settings(
         config["data"]["jobs.yaml"], {"ETL_DATABASE_URL": "postgresql+psycopg://db/etl"}
     )

@@ -218,3 +218,58 @@ def test_ticket_replies_split_over_two_polls_equal_those_of_one_poll(parts, cut)
     partial, full = snap(ordered[:cut]), snap(ordered)
     assert replies(None, partial) | replies(partial, full) == replies(None, full)
     assert replies(None, partial).isdisjoint(replies(partial, full))
+
+
+# -- junk: what a misbehaving API or a proxy may serve instead of the spec's shapes ------------------------
+ODD_TEXT = st.lists(
+    st.sampled_from(
+        ["\ud83d", "a\udc00b", "nul\x00", "\u202eevil\u202c", "🎉👩‍👩‍👧", "ﷺ", "\ufeff", "x" * 5_000]
+    )
+    | st.text(max_size=4),
+    min_size=1,
+    max_size=3,
+).map("".join)  # lone surrogates (valid JSON escapes, invalid UTF-8), NUL, RTL override, emoji sequences, BOM
+JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | ODD_TEXT,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(ODD_TEXT, children, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def junked(draw: st.DrawFn) -> tuple[str, Any]:
+    """A spec-shaped object with some fields (the id and updated_at too) replaced by junk of any type."""
+    stream, raw = draw(ANY_OBJECT)
+    keys = [*sorted(raw), "id", "updated_at", "custom_attributes", "contacts", "ticket_parts"]
+    for key in draw(st.lists(st.sampled_from(keys), max_size=4)):
+        raw[key] = draw(JUNK)
+    for key in ("name", "email", "title", "custom_attributes"):  # fields kept as text: odd text lands there
+        if draw(st.booleans()):
+            raw[key] = draw(ODD_TEXT | st.dictionaries(ODD_TEXT, JUNK, min_size=1, max_size=3))
+    return stream, draw(st.sampled_from([raw, raw, raw, draw(JUNK)]))  # sometimes not an object at all
+
+
+@SETTINGS
+@given(junked(), junked())
+def test_junk_objects_are_refused_by_the_reader_or_map_to_storable_snapshots(first, second):
+    """Whatever Intercom serves, the reader names why it cannot use it, or the pure core maps it without an
+    exception into snapshots, events and profiles that UTF-8, SQLite's and PostgreSQL's JSON can hold."""
+    from etl.intercom import malformed
+
+    (stream, raw), (_, later_raw) = first, second
+    problem = malformed(raw)
+    if problem is not None:
+        assert problem.startswith(("not an object", "no id", "updated_at is not a UNIX time"))
+        assert problem.isprintable() and problem.encode("ascii", "backslashreplace")
+        return
+    cur = to_snapshot(stream, raw)
+    later = to_snapshot(stream, {**later_raw, "id": raw["id"]}) if isinstance(later_raw, dict) else cur
+    encoded = json.dumps(cur.data, ensure_ascii=False, allow_nan=False)
+    assert "\x00" not in encoded and encoded.encode("utf-8")  # jsonb refuses NUL; UTF-8 lone surrogates
+    for prev, now in ((None, cur), (cur, later)):
+        for event in diff(prev, now, context()).events:
+            json.dumps(event.properties, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    if stream == "contacts":
+        profile, _ = to_profile(cur, {"1": "vip"}, "US")
+        if profile is not None:
+            json.dumps(profile.properties, ensure_ascii=False, allow_nan=False).encode("utf-8")

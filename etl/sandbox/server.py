@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -32,12 +33,18 @@ class Faults:
     slow_rate: float = 0.0  # ... with this probability
     malformed_rate: float = 0.0  # reply 200 with a body that is not JSON
     empty_rate: float = 0.0  # reply 200 with an empty body
+    # "METHOD /path" regex → the raw body of a 200 served instead of handling (a bad page, a junk job status)
+    bodies: dict[str, bytes] = field(default_factory=dict)
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+
+    def body_for(self, request: str) -> bytes | None:
+        """The fixed body switched on for this request ("POST /conversations/search"), if any."""
+        return next((b for pattern, b in self.bodies.items() if re.fullmatch(pattern, request)), None)
 
     def draw(self) -> str | None:
         """The fault to inject into the next request, if any."""
@@ -112,6 +119,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return
         if fault == "empty":
             self.send_raw(200, b"", self.content_type)
+            return
+        served = self.server.faults.body_for(f"{method} {self.path.split('?', 1)[0]}")
+        if served is not None:
+            self.send_raw(200, served, self.content_type)
             return
         self.route(method)
 
