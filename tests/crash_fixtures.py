@@ -182,7 +182,7 @@ def crash_and_recover(point: KillPoint, admin_url: str, workdir: Path) -> Outcom
         url = stack.enter_context(fresh_database(admin_url))
         boxes = stack.enter_context(sandboxes())
         migrated(url)
-        config = write_config(workdir / f"{point.name}.yaml", url, boxes.job())
+        config = write_config(workdir / (re.sub(r"\W+", "-", point.name) + ".yaml"), url, boxes.job())
         killer = Killer(point, url)
         stack.callback(killer.close)
         boxes.intercom.server.on_request = killer.hook("intercom")
