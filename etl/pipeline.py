@@ -105,6 +105,20 @@ def failure_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {logs.scrub(str(exc))[:300]}"
 
 
+def skip_malformed(
+    report: RunReport, window: Window, fields: dict[str, Any], malformed: Iterable[tuple[str | None, str]]
+) -> None:
+    """Results Intercom served without what every object has (an id, an updated_at) are skipped, counted
+    and logged with their id: failing the run instead would fail every run on the same page, forever. The
+    watermark moves past them; once Intercom serves such an object whole, a backfill of the logged window
+    (or its next update) reads it."""
+    for ident, why in malformed:
+        report.add(window.stream, "skipped:malformed")
+        where = {"stream": window.stream, "id": ident, "reason": why}
+        where |= {"since": iso_z(window.since), "until": iso_z(window.until)}
+        log.warning("skipped a malformed Intercom object", extra={"fields": {**fields, **where}})
+
+
 class JobRun:
     """One run of one job. `execute()` returns the RunReport or raises an EtlError."""
 
@@ -214,7 +228,7 @@ class JobRun:
             self.check_lease()
             self.report.add(stream, "pages")
             self.progress.advance(stream, len(page.objects), page.total_count)
-            self.skip_malformed(window, page.malformed)
+            skip_malformed(self.report, window, self._fields(), page.malformed)
             if page.objects:
                 self.process_page(window, page.objects)
         self.window_state[stream]["done"] = True
@@ -226,17 +240,6 @@ class JobRun:
         if self.options.backfill:
             self.sink.save_window(self.window_state)
         log.info("stream read", extra={"fields": self._fields(stream=stream, **counts)})
-
-    def skip_malformed(self, window: Window, malformed: Iterable[tuple[str | None, str]]) -> None:
-        """Results Intercom served without what every object has (an id, an updated_at) are skipped, counted
-        and logged with their id: failing the run instead would fail every run on the same page, forever. The
-        watermark moves past them; once Intercom serves such an object whole, a backfill of the logged window
-        (or its next update) reads it."""
-        for ident, why in malformed:
-            self.report.add(window.stream, "skipped:malformed")
-            fields = {"stream": window.stream, "id": ident, "reason": why}
-            fields |= {"since": iso_z(window.since), "until": iso_z(window.until)}
-            log.warning("skipped a malformed Intercom object", extra={"fields": self._fields(**fields)})
 
     def process_page(self, window: Window, objects: Iterable[Mapping[str, Any]]) -> None:
         stream = window.stream

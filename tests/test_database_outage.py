@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from etl.schema import LOCKED_ADVICE, UNREACHABLE_ADVICE
+from etl.state import StateStore
 from tests.crash_fixtures import cli, expire_leases, migrated, outbox_left, reference
 from tests.pg import Cluster, cluster, fresh_database
 from tests.run_fixtures import klaviyo_content, sandboxes, write_config
@@ -107,8 +108,9 @@ def test_a_database_behind_on_migrations_exits_5_saying_to_upgrade(
         proc = cli(write_config(tmp_path / "jobs.yaml", url, boxes.job()), "run")
         _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 5, stderr
+    head = StateStore(url).head_revision()  # the newest revision this etl knows
     assert stderr.strip().splitlines()[-1] == (
-        f"etl: error: state database {url} is at revision none (empty), this etl needs 0001: run `etl db upgrade`"
+        f"etl: error: state database {url} is at revision none (empty), this etl needs {head}: run `etl db upgrade`"
     )
 
 
