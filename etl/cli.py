@@ -772,14 +772,37 @@ def sandbox() -> None:
 @click.option("--seed", default=7, show_default=True, help="Seed of the generated workspace.")
 @click.option("--intercom-port", default=8701, show_default=True, help="Port of the fake Intercom.")
 @click.option("--klaviyo-port", default=8702, show_default=True, help="Port of the fake Klaviyo.")
-def sandbox_serve(seed: int, intercom_port: int, klaviyo_port: int) -> None:
+@click.option(
+    "--intercom-latency-ms",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Milliseconds each Intercom request waits before its answer (e.g. 250: a search page in the field).",
+)
+@click.option(
+    "--klaviyo-latency-ms",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Milliseconds each Klaviyo request waits before its answer (e.g. 150).",
+)
+def sandbox_serve(
+    seed: int, intercom_port: int, klaviyo_port: int, intercom_latency_ms: int, klaviyo_latency_ms: int
+) -> None:
     """Start the sandbox Intercom + Klaviyo servers on loopback for manual use (Ctrl-C stops).
 
-    A port of 0 takes any free port; the URLs printed at start name the ports bound.
+    A port of 0 takes any free port; the URLs printed at start name the ports bound. The latency flags add a
+    real API's round trip to every request; the rate limits stay the APIs' own either way.
     """
     from etl.demo import serve_sandbox
 
-    serve_sandbox(seed=seed, intercom_port=intercom_port, klaviyo_port=klaviyo_port)
+    serve_sandbox(
+        seed=seed,
+        intercom_port=intercom_port,
+        klaviyo_port=klaviyo_port,
+        intercom_latency=intercom_latency_ms / 1000,
+        klaviyo_latency=klaviyo_latency_ms / 1000,
+    )
 
 
 def main() -> None:

@@ -32,6 +32,9 @@ class Faults:
     slow_rate: float = 0.0  # ... with this probability
     malformed_rate: float = 0.0  # reply 200 with a body that is not JSON
     empty_rate: float = 0.0  # reply 200 with an empty body
+    # seconds every request waits before it is handled: a real API's round trip (`etl sandbox serve
+    # --intercom-latency-ms`, `make bench`); rate limits still count each request when it is handled
+    latency: float = 0.0
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
@@ -92,6 +95,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         self._raw_body = self.rfile.read(length) if length else b""
         self.server.record(method, self.path)
+        if self.server.faults.latency:
+            time.sleep(self.server.faults.latency)
         fault = self.server.faults.draw()
         if fault == "reset":
             self.close_connection = True
