@@ -15,27 +15,21 @@ import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from etl import __version__, logs
-from etl.config import (
-    ENV_DATABASE_URL,
-    JobSettings,
-    Settings,
-    config_path,
-    env_database_url,
-    load_settings,
-    missing_secrets,
-    parse_duration,
-    parse_timestamp,
-)
 from etl.errors import ConfigError, EtlError, Interrupted, LockHeld, UsageError
-from etl.lease import LeaseKeeper
 from etl.models import STREAMS, RunOptions, iso_z
 from etl.report import render_table
-from etl.state import StateStore, redact_url
+
+if TYPE_CHECKING:
+    from etl.config import JobSettings, Settings
+    from etl.state import StateStore
+
+# etl.config, etl.state and etl.lease import SQLAlchemy, requests, YAML and phonenumbers (~0.4 s of CPU):
+# commands import them when they run, so `etl --help` starts with click alone (docs/bench-results.md)
 
 
 class HelpGroup(click.Group):
@@ -130,15 +124,21 @@ class Cli:
     verbosity: int
 
     def settings(self) -> Settings:
+        from etl.config import config_path, load_settings
+
         return load_settings(config_path(self.config, os.environ))
 
     def store(self, *, migrate_check: bool = True) -> StateStore:
+        from etl.config import ENV_DATABASE_URL, config_path, env_database_url
+
         path = config_path(self.config, os.environ)
         if not path.exists() and os.environ.get(ENV_DATABASE_URL):
             url = env_database_url(os.environ)  # db commands work without a jobs.yaml
         else:
             url = self.settings().database_url
         if not migrate_check:
+            from etl.state import StateStore
+
             store = StateStore(url)
         else:
             from etl.runner import writable_store
@@ -150,6 +150,12 @@ class Cli:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _redacted(url: str) -> str:
+    from etl.state import redact_url
+
+    return redact_url(url)
 
 
 # --json: one JSON object per line (NDJSON), times as ISO 8601 UTC (`…Z`) or null, as `etl runs --json` began
@@ -295,6 +301,8 @@ def _run_options(
         if value is None:
             return None
         try:
+            from etl.config import parse_timestamp
+
             return parse_timestamp(value)
         except ValueError as exc:
             problems.append(f"{flag}: {exc}")
@@ -344,6 +352,8 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool, as_json: bool) -> None:
     problems: list[str] = []
     now = _now()
     for job in selected:
+        from etl.config import missing_secrets
+
         missing = missing_secrets(job, os.environ)
         for name in missing:
             problems.append(f"jobs.{job.name}: environment variable {name} is not set")
@@ -380,7 +390,7 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool, as_json: bool) -> None:
         )
         for line in notes:  # native Intercom metrics and the flows to re-point (docs/design.md §4)
             click.echo(line)
-    url = redact_url(settings.database_url)
+    url = _redacted(settings.database_url)
     if as_json:
         _echo_json(
             {"database": url, "revision": database.revision, "head": database.head, "status": database.status}
@@ -400,6 +410,8 @@ class DatabaseStatus:
 def _database_status(url: str) -> DatabaseStatus:
     """What `etl run` will find in the state database, and what would make it fail (read-only; exit 5 if
     unreachable). On SQLite a missing or old schema is fine: `etl run` creates and upgrades it by itself."""
+    from etl.state import StateStore
+
     store = StateStore(url, read_only=True)
     try:
         problems = _sqlite_file_problems(store) if store.dialect == "sqlite" else []
@@ -455,9 +467,9 @@ def db_upgrade(obj: Cli) -> None:
     store = obj.store(migrate_check=False)
     before, after = store.upgrade()
     if before == after:
-        click.echo(f"{redact_url(store.url)}: already at revision {after}")
+        click.echo(f"{_redacted(store.url)}: already at revision {after}")
     else:
-        click.echo(f"{redact_url(store.url)}: upgraded from {before or 'empty'} to {after}")
+        click.echo(f"{_redacted(store.url)}: upgraded from {before or 'empty'} to {after}")
 
 
 @db.command("current")
@@ -470,7 +482,7 @@ def db_current(obj: Cli, as_json: bool) -> None:
     if as_json:
         _echo_json(
             {
-                "database": redact_url(store.url),
+                "database": _redacted(store.url),
                 "revision": current,
                 "head": head,
                 "up_to_date": current == head,
@@ -478,7 +490,7 @@ def db_current(obj: Cli, as_json: bool) -> None:
         )
         return
     state = "up to date" if current == head else "behind: run `etl db upgrade`"
-    click.echo(f"{redact_url(store.url)}: revision {current or 'none (empty)'}, head {head} ({state})")
+    click.echo(f"{_redacted(store.url)}: revision {current or 'none (empty)'}, head {head} ({state})")
 
 
 # -- state -------------------------------------------------------------------------------------------
@@ -556,6 +568,8 @@ def state_set(obj: Cli, job: str, stream: str, ts: str, force: bool) -> None:
             f"job {job!r} has no stream {stream!r}; its streams are {', '.join(selected.streams)}"
         )
     try:
+        from etl.config import parse_timestamp
+
         value = parse_timestamp(ts)
     except ValueError as exc:
         raise UsageError(f"TS: {exc}") from None
@@ -568,6 +582,8 @@ def state_set(obj: Cli, job: str, stream: str, ts: str, force: bool) -> None:
     # the job's lease, as a run takes it: a run going now would overwrite the watermark when it finishes
     owner = f"etl-state-set:{socket.gethostname()}:{os.getpid()}"
     try:
+        from etl.lease import LeaseKeeper
+
         with LeaseKeeper.held(store, job, owner, selected.lock_ttl, _now):
             before = store.watermarks(job).get(stream)
             store.set_watermark(job, stream, value, _now(), force=True)
@@ -737,6 +753,8 @@ def outbox_prune(obj: Cli, job: str, older_than: str) -> None:
     """
     obj.settings().select([job])
     try:
+        from etl.config import parse_duration
+
         age = parse_duration(older_than)
     except ValueError as exc:
         raise UsageError(f"--older-than: {exc}") from None
