@@ -22,7 +22,8 @@ def _timed_get(url: str) -> tuple[float, int]:
 
 def test_latency_delays_every_request_and_the_rate_limit_still_counts_it() -> None:
     """0.2 s of latency makes each answer take at least 0.2 s; past the budget it is still a 429."""
-    with IntercomSandbox(settings=IntercomSettings(rate_budget=2)) as sandbox:
+    # a fixed server clock: the 10-second rate window cannot roll over between the requests
+    with IntercomSandbox(settings=IntercomSettings(rate_budget=2), clock=lambda: 1_800_000_000.0) as sandbox:
         quick, status = _timed_get(f"{sandbox.url}/admins")
         assert status == 200 and quick < 0.2
         sandbox.faults.latency = 0.2
