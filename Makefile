@@ -39,7 +39,7 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 demo: $(STAMP) ## run the real job against the built-in sandbox (no credentials)
 	$(BIN)/etl demo
 
-bench: $(STAMP) ## measure per-object costs and memory against the sandbox
+bench: $(STAMP) ## the CLI against the sandbox: CPU, RSS, API calls, wall vs the APIs' bound (ETL_BENCH_LARGE=1: 100k)
 	$(BIN)/python -m tests.bench
 
 migrate: $(STAMP) ## upgrade the state database named by jobs.yaml / ETL_DATABASE_URL

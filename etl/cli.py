@@ -15,27 +15,21 @@ import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from etl import __version__, logs
-from etl.config import (
-    ENV_DATABASE_URL,
-    JobSettings,
-    Settings,
-    config_path,
-    env_database_url,
-    load_settings,
-    missing_secrets,
-    parse_duration,
-    parse_timestamp,
-)
 from etl.errors import ConfigError, EtlError, Interrupted, LockHeld, UsageError
-from etl.lease import LeaseKeeper
 from etl.models import STREAMS, RunOptions, iso_z
 from etl.report import render_table
-from etl.state import StateStore, redact_url
+
+if TYPE_CHECKING:
+    from etl.config import JobSettings, Settings
+    from etl.state import StateStore
+
+# etl.config, etl.state and etl.lease import SQLAlchemy, requests, YAML and phonenumbers (~0.4 s of CPU):
+# commands import them when they run, so `etl --help` starts with click alone (docs/bench-results.md)
 
 
 class HelpGroup(click.Group):
@@ -130,15 +124,21 @@ class Cli:
     verbosity: int
 
     def settings(self) -> Settings:
+        from etl.config import config_path, load_settings
+
         return load_settings(config_path(self.config, os.environ))
 
     def store(self, *, migrate_check: bool = True) -> StateStore:
+        from etl.config import ENV_DATABASE_URL, config_path, env_database_url
+
         path = config_path(self.config, os.environ)
         if not path.exists() and os.environ.get(ENV_DATABASE_URL):
             url = env_database_url(os.environ)  # db commands work without a jobs.yaml
         else:
             url = self.settings().database_url
         if not migrate_check:
+            from etl.state import StateStore
+
             store = StateStore(url)
         else:
             from etl.runner import writable_store
@@ -150,6 +150,12 @@ class Cli:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _redacted(url: str) -> str:
+    from etl.state import redact_url
+
+    return redact_url(url)
 
 
 # --json: one JSON object per line (NDJSON), times as ISO 8601 UTC (`…Z`) or null, as `etl runs --json` began
@@ -295,6 +301,8 @@ def _run_options(
         if value is None:
             return None
         try:
+            from etl.config import parse_timestamp
+
             return parse_timestamp(value)
         except ValueError as exc:
             problems.append(f"{flag}: {exc}")
@@ -427,6 +435,8 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool, as_json: bool) -> None:
     problems: list[str] = []
     now = _now()
     for job in selected:
+        from etl.config import missing_secrets
+
         missing = missing_secrets(job, os.environ)
         for name in missing:
             problems.append(f"jobs.{job.name}: environment variable {name} is not set")
@@ -463,7 +473,7 @@ def check(obj: Cli, jobs: tuple[str, ...], online: bool, as_json: bool) -> None:
         )
         for line in notes:  # native Intercom metrics and the flows to re-point (docs/design.md §4)
             click.echo(line)
-    url = redact_url(settings.database_url)
+    url = _redacted(settings.database_url)
     if as_json:
         _echo_json(
             {"database": url, "revision": database.revision, "head": database.head, "status": database.status}
@@ -483,6 +493,8 @@ class DatabaseStatus:
 def _database_status(url: str) -> DatabaseStatus:
     """What `etl run` will find in the state database, and what would make it fail (read-only; exit 5 if
     unreachable). On SQLite a missing or old schema is fine: `etl run` creates and upgrades it by itself."""
+    from etl.state import StateStore
+
     store = StateStore(url, read_only=True)
     try:
         problems = _sqlite_file_problems(store) if store.dialect == "sqlite" else []
@@ -538,9 +550,9 @@ def db_upgrade(obj: Cli) -> None:
     store = obj.store(migrate_check=False)
     before, after = store.upgrade()
     if before == after:
-        click.echo(f"{redact_url(store.url)}: already at revision {after}")
+        click.echo(f"{_redacted(store.url)}: already at revision {after}")
     else:
-        click.echo(f"{redact_url(store.url)}: upgraded from {before or 'empty'} to {after}")
+        click.echo(f"{_redacted(store.url)}: upgraded from {before or 'empty'} to {after}")
 
 
 @db.command("current")
@@ -553,7 +565,7 @@ def db_current(obj: Cli, as_json: bool) -> None:
     if as_json:
         _echo_json(
             {
-                "database": redact_url(store.url),
+                "database": _redacted(store.url),
                 "revision": current,
                 "head": head,
                 "up_to_date": current == head,
@@ -561,7 +573,7 @@ def db_current(obj: Cli, as_json: bool) -> None:
         )
         return
     state = "up to date" if current == head else "behind: run `etl db upgrade`"
-    click.echo(f"{redact_url(store.url)}: revision {current or 'none (empty)'}, head {head} ({state})")
+    click.echo(f"{_redacted(store.url)}: revision {current or 'none (empty)'}, head {head} ({state})")
 
 
 # -- state -------------------------------------------------------------------------------------------
@@ -639,6 +651,8 @@ def state_set(obj: Cli, job: str, stream: str, ts: str, force: bool) -> None:
             f"job {job!r} has no stream {stream!r}; its streams are {', '.join(selected.streams)}"
         )
     try:
+        from etl.config import parse_timestamp
+
         value = parse_timestamp(ts)
     except ValueError as exc:
         raise UsageError(f"TS: {exc}") from None
@@ -651,6 +665,8 @@ def state_set(obj: Cli, job: str, stream: str, ts: str, force: bool) -> None:
     # the job's lease, as a run takes it: a run going now would overwrite the watermark when it finishes
     owner = f"etl-state-set:{socket.gethostname()}:{os.getpid()}"
     try:
+        from etl.lease import LeaseKeeper
+
         with LeaseKeeper.held(store, job, owner, selected.lock_ttl, _now):
             before = store.watermarks(job).get(stream)
             store.set_watermark(job, stream, value, _now(), force=True)
@@ -820,6 +836,8 @@ def outbox_prune(obj: Cli, job: str, older_than: str) -> None:
     """
     obj.settings().select([job])
     try:
+        from etl.config import parse_duration
+
         age = parse_duration(older_than)
     except ValueError as exc:
         raise UsageError(f"--older-than: {exc}") from None
@@ -858,14 +876,37 @@ def sandbox() -> None:
 @click.option("--seed", default=7, show_default=True, help="Seed of the generated workspace.")
 @click.option("--intercom-port", default=8701, show_default=True, help="Port of the fake Intercom.")
 @click.option("--klaviyo-port", default=8702, show_default=True, help="Port of the fake Klaviyo.")
-def sandbox_serve(seed: int, intercom_port: int, klaviyo_port: int) -> None:
+@click.option(
+    "--intercom-latency-ms",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Milliseconds each Intercom request waits before its answer (e.g. 250: a search page in the field).",
+)
+@click.option(
+    "--klaviyo-latency-ms",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Milliseconds each Klaviyo request waits before its answer (e.g. 150).",
+)
+def sandbox_serve(
+    seed: int, intercom_port: int, klaviyo_port: int, intercom_latency_ms: int, klaviyo_latency_ms: int
+) -> None:
     """Start the sandbox Intercom + Klaviyo servers on loopback for manual use (Ctrl-C stops).
 
-    A port of 0 takes any free port; the URLs printed at start name the ports bound.
+    A port of 0 takes any free port; the URLs printed at start name the ports bound. The latency flags add a
+    real API's round trip to every request; the rate limits stay the APIs' own either way.
     """
     from etl.demo import serve_sandbox
 
-    serve_sandbox(seed=seed, intercom_port=intercom_port, klaviyo_port=klaviyo_port)
+    serve_sandbox(
+        seed=seed,
+        intercom_port=intercom_port,
+        klaviyo_port=klaviyo_port,
+        intercom_latency=intercom_latency_ms / 1000,
+        klaviyo_latency=klaviyo_latency_ms / 1000,
+    )
 
 
 # -- explain -----------------------------------------------------------------------------------------

@@ -125,14 +125,25 @@ def _describe(out: TextIO, klaviyo: KlaviyoServer, first: int, second: int, conf
 
 
 def serve_sandbox(
-    seed: int, intercom_port: int, klaviyo_port: int, *, stop: threading.Event | None = None
+    seed: int,
+    intercom_port: int,
+    klaviyo_port: int,
+    *,
+    intercom_latency: float = 0.0,
+    klaviyo_latency: float = 0.0,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Start both fake servers for manual use and block until Ctrl-C (or `stop` is set)."""
+    """Start both fake servers for manual use and block until Ctrl-C (or `stop` is set).
+
+    `*_latency`: seconds each request waits before it is answered (a real API's round trip); the rate
+    limits stay the APIs' own.
+    """
     start = datetime.now(UTC).replace(microsecond=0) - HISTORY
     intercom = serve_intercom(
         port=intercom_port, seed=seed, start=start, contacts=150, conversations=250, tickets=80
     )
     klaviyo = KlaviyoServer(_fast_klaviyo(), port=klaviyo_port).start()
+    intercom.faults.latency, klaviyo.faults.latency = intercom_latency, klaviyo_latency
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -51,6 +51,30 @@ REFUSED, NOT_FOUND = "connection refused", "host not found"  # reasons that poin
 log = logs.get_logger("http")
 
 
+class EnvOnceSession(requests.Session):
+    """A `requests.Session` that reads the environment's proxy and CA-bundle settings once per scheme and host.
+
+    requests reads `os.environ` (`*_proxy`, `no_proxy`, `REQUESTS_CA_BUNDLE`) again for every request: on a
+    first sync of 10k objects that was about 7% of the process's CPU (docs/bench-results.md). A run's
+    environment does not change while it runs, so the answer for one (scheme, host) is kept.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._settings: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def merge_environment_settings(
+        self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        if proxies or not isinstance(url, str):  # per-request proxies: requests' own merge, as before
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        key = (urlsplit(url)[:2], stream, verify, cert, self.trust_env)
+        if key not in self._settings:
+            self._settings[key] = dict(super().merge_environment_settings(url, proxies, stream, verify, cert))
+        found = self._settings[key]
+        return {**found, "proxies": dict(found["proxies"])}  # requests may change what it is given
+
+
 @dataclass
 class CallStats:
     """What the policy did, for run history and metrics."""
@@ -242,7 +266,7 @@ class HttpClient:
         self.clock = clock
         self.jitter = jitter
         self.stats = CallStats()
-        self.session = session or requests.Session()
+        self.session = session or EnvOnceSession()
         self.session.headers.update(headers)
         self._not_before = 0.0  # clock time before which the next request must not start (pacing)
 

@@ -1,172 +1,344 @@
-"""`make bench`: per-object costs and memory of the job against the sandbox, as ratios measured in one run.
+"""`make bench`: the real `etl` CLI, as a subprocess, against the sandbox in another process.
 
-Not a test (timings are noisy on shared machines): it prints figures to quote, e.g. in an issue note.
-- pure: to_snapshot + diff per object (the work the job adds to each object it reads);
-- run: a first run (history reconstruction, delivery) and a no-change run of the real pipeline over loopback
-  HTTP with SQLite state, per object; with the API cost it is compared to (an Intercom page of 150 objects
-  per call at 10,000 calls/min is 40 µs of rate-limit budget per object);
-- memory: tracemalloc peak of a first run at two workspace sizes; flat means the ratio stays near 1 while
-  the workspace grows 4x (the sandbox lives in this process, so its per-request allocations are included);
-- demo: wall time of `etl demo` (three runs, Klaviyo import jobs included), which should stay well under a
-  minute; the demo's test checks what it prints, not how fast.
+Not a test (timings are noisy on shared machines): it measures and prints a Markdown report, and with
+`--out PATH` writes it there (docs/bench-results.md is the committed one). Per workspace size (~10k objects;
+~100k with ETL_BENCH_LARGE=1, whose generation alone takes about a minute) and per state database (SQLite;
+PostgreSQL in a throwaway cluster from tests/pg.py unless ETL_BENCH_POSTGRES=0), three runs of `etl run`:
+
+- first sync: every object read and diffed for the first time, its history sent to Klaviyo;
+- 1% changed: the workspace advanced by an hour with activity on ~1% of its objects (the generator's advance);
+- no change: the same again, with nothing new.
+
+Per run: objects per CPU-second of the `etl` process (user + system time from `os.wait4`, so only that
+process), its peak RSS (`ru_maxrss`), API calls per 1,000 objects (the sandbox's own request counters), wall
+time, and the APIs' bound: the least time the rate limits and latency allow for the calls the run made,
+when calls are sequential (Intercom: each call max(latency, 6 ms: 10,000 calls/min); Klaviyo's bulk
+endpoints: 10/s and 150/min, or each call's latency if that is longer; other Klaviyo calls: their latency).
+The sandbox adds ETL_BENCH_INTERCOM_LATENCY_MS (250) to every Intercom request and ETL_BENCH_KLAVIYO_LATENCY_MS
+(150) to every Klaviyo request; the rate limits are the APIs' own. Also: `etl --help` wall time.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
-from contextlib import redirect_stderr
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
-from etl.config import IntercomSettings, JobSettings, KlaviyoSettings
-from etl.demo import run_demo
-from etl.events import Context, diff
-from etl.intercom import IntercomClient
-from etl.klaviyo import KlaviyoClient
-from etl.models import RunOptions
-from etl.pipeline import JobRun, Services
-from etl.sandbox.generator import Workspace
-from etl.sandbox.intercom_server import IntercomSandbox
-from etl.sandbox.klaviyo_server import SANDBOX_API_KEY, KlaviyoServer
-from etl.sandbox.klaviyo_store import KlaviyoSettings as FakeKlaviyoSettings
-from etl.snapshots import to_snapshot
-from etl.state import StateStore
+INTERCOM_LATENCY = int(os.environ.get("ETL_BENCH_INTERCOM_LATENCY_MS", "250")) / 1000
+KLAVIYO_LATENCY = int(os.environ.get("ETL_BENCH_KLAVIYO_LATENCY_MS", "150")) / 1000
+INTERCOM_CALL_SECONDS = 60 / 10_000  # 10,000 calls/min per app
+KLAVIYO_BURST, KLAVIYO_STEADY = 10, 150  # bulk endpoints: 10/s, 150/min
+BULK_PATHS = ("/api/event-bulk-create-jobs", "/api/profile-bulk-import-jobs")
+SIZES = {"10k": 33, "100k": 333}  # scale: 100 contacts, 150 conversations, 50 tickets each
+TOKEN_ENV, KEY_ENV = "ETL_BENCH_INTERCOM_TOKEN", "ETL_BENCH_KLAVIYO_KEY"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"  # `--out`: what `make bench` rewrites
+HISTORY = timedelta(days=3)  # the workspace's "now" starts this far back, so its advances stay in the past
 
-T0 = datetime(2026, 3, 1, tzinfo=UTC)
-INTERCOM_BUDGET_US_PER_OBJECT = 60_000_000 / 10_000 / 150  # 10,000 calls/min, 150 objects per page
-
-
-def workspace(scale: int) -> Workspace:
-    return Workspace(seed=11, start=T0, contacts=100 * scale, conversations=150 * scale, tickets=50 * scale)
-
-
-def bench_pure(ws: Workspace) -> float:
-    """Microseconds per object for snapshot + first-sight diff."""
-    ctx = Context(
-        start_date=T0 - timedelta(days=90), flow_trigger_max_age=timedelta(hours=24), run_started_at=T0
-    )
-    objects = [("conversations", o) for o in ws.conversations.values()] + [
-        ("tickets", o) for o in ws.tickets.values()
-    ]
-    start = time.perf_counter()
-    for _ in range(3):
-        for stream, raw in objects:
-            diff(None, to_snapshot(stream, raw), ctx)
-    return (time.perf_counter() - start) / (3 * len(objects)) * 1e6
+JOBS_YAML = """\
+database_url: {database_url}
+jobs:
+  bench:
+    intercom: {{base_url: {intercom}, token_env: {token_env}}}
+    klaviyo: {{base_url: {klaviyo}, api_key_env: {key_env}}}
+    start_date: {start}
+"""
 
 
+# -- the sandbox process ---------------------------------------------------------------------------
 def _serve(scale: int, conn: Connection) -> None:
-    """Child process: the sandboxes, so the parent's time and memory are the job's own."""
-    ws = workspace(scale)
-    fast = FakeKlaviyoSettings(
-        queued_seconds=0, processing_seconds=0, burst_per_second=10_000, steady_per_minute=100_000
-    )
-    with IntercomSandbox(ws) as intercom, KlaviyoServer(fast) as klaviyo:
-        intercom.settings.rate_budget = 1_000_000
-        conn.send((intercom.url, intercom.token, klaviyo.url, ws.now))
-        conn.recv()  # "events?"
-        conn.send(len(klaviyo.events))
-        conn.recv()  # "stop"
+    """Child process: both fake APIs; answers "counts", "advance" and "stop" on the pipe."""
+    from etl.sandbox.generator import Workspace
+    from etl.sandbox.intercom_server import IntercomSandbox
+    from etl.sandbox.klaviyo_server import SANDBOX_API_KEY, KlaviyoServer
+    from etl.sandbox.klaviyo_store import KlaviyoSettings
+
+    start = datetime.now(UTC).replace(microsecond=0) - HISTORY
+    ws = Workspace(seed=11, start=start, contacts=100 * scale, conversations=150 * scale, tickets=50 * scale)
+    objects = len(ws.contacts) + len(ws.conversations) + len(ws.tickets)
+    # import jobs complete quickly (their duration is Klaviyo's, not a rate limit); the limits are Klaviyo's
+    with (
+        IntercomSandbox(ws) as intercom,
+        KlaviyoServer(KlaviyoSettings(queued_seconds=0.1, processing_seconds=0.2)) as klaviyo,
+    ):
+        intercom.faults.latency, klaviyo.faults.latency = INTERCOM_LATENCY, KLAVIYO_LATENCY
+        conn.send((intercom.url, intercom.token, klaviyo.url, SANDBOX_API_KEY, objects, start.isoformat()))
+        while True:
+            command, arg = conn.recv()
+            if command == "counts":
+                bulk = sum(klaviyo.count("POST", p) for p in BULK_PATHS)
+                conn.send(
+                    {
+                        "intercom": len(intercom.server.requests),
+                        "klaviyo": len(klaviyo.requests),
+                        "bulk": bulk,
+                    }
+                )
+            elif command == "advance":
+                conn.send(len(intercom.advance(timedelta(hours=1), activity=arg)))
+            else:
+                conn.send(None)
+                return
 
 
-def bench_run(scale: int) -> dict[str, float]:
-    """A first run and a no-change run of the real pipeline; seconds, objects and peak memory."""
-    parent, child = multiprocessing.get_context("fork").Pipe()
-    server = multiprocessing.get_context("fork").Process(target=_serve, args=(scale, child), daemon=True)
-    server.start()
-    intercom_url, token, klaviyo_url, now = parent.recv()
-    folder = tempfile.mkdtemp(prefix="etl-bench-")
-    store = StateStore(f"sqlite:///{folder}/state.db")
-    store.upgrade()
-    job = JobSettings(
-        name="bench",
-        intercom=IntercomSettings(base_url=intercom_url),
-        klaviyo=KlaviyoSettings(base_url=klaviyo_url),
-        streams=("contacts", "conversations", "tickets"),
-        start_date=T0 - timedelta(days=90),
-    )
+@dataclass
+class Sandbox:
+    conn: Connection
+    intercom: str
+    token: str
+    klaviyo: str
+    key: str
+    objects: int
+    start: datetime
 
-    def run() -> tuple[float, float, int]:
-        services = Services(
-            store,
-            IntercomClient(intercom_url, token, token_env="INTERCOM_ACCESS_TOKEN"),
-            KlaviyoClient(klaviyo_url, SANDBOX_API_KEY, api_key_env="KLAVIYO_API_KEY", poll_interval=0.01),
+    def ask(self, command: str, arg: Any = None) -> Any:
+        self.conn.send((command, arg))
+        return self.conn.recv()
+
+
+@contextmanager
+def sandbox(scale: int) -> Iterator[Sandbox]:
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_serve, args=(scale, child), daemon=True)
+    process.start()
+    child.close()  # so a sandbox that dies shows here as EOFError, not as a wait forever
+    intercom, token, klaviyo, key, objects, start = parent.recv()
+    try:
+        yield Sandbox(parent, intercom, token, klaviyo, key, objects, datetime.fromisoformat(start))
+    finally:
+        parent.send(("stop", None))
+        parent.recv()
+        process.join(timeout=10)
+
+
+# -- the etl process -------------------------------------------------------------------------------
+@dataclass
+class Measured:
+    wall: float
+    cpu: float
+    rss_mb: float
+    code: int
+    stderr: str
+
+
+def run_etl(args: list[str], env: dict[str, str], folder: Path, python: tuple[str, ...] = ()) -> Measured:
+    """Run `python [PYTHON] -m etl ARGS`; its own CPU time and peak RSS come from wait4 (only that process)."""
+    err = folder / "stderr.txt"
+    with open(os.devnull, "wb") as out, open(err, "wb") as errf:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, *python, "-m", "etl", *args], stdout=out, stderr=errf, env=env
         )
-        wall, cpu = time.perf_counter(), time.process_time()
-        report = JobRun(
-            job, RunOptions(), services, clock=lambda: datetime.fromtimestamp(now + 1, UTC)
-        ).execute()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        services.close()
-        return wall, cpu, sum(c.get("objects", 0) for s, c in report.counts.items() if not s.startswith("_"))
-
-    first, first_cpu, objects = run()
-    again, _, _ = run()
-    unchanged = T0 - timedelta(days=365)  # move the contacts watermark back: a re-read where nothing changed
-    store.set_watermark("bench", "contacts", unchanged, T0, force=True)
-    reread, reread_cpu, reread_objects = run()
-    store.set_watermark("bench", "contacts", unchanged, T0, force=True)
-    tracemalloc.start()  # a separate run: tracemalloc slows everything it watches
-    run()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    parent.send("events?")
-    events = parent.recv()
-    parent.send("stop")
-    server.join(timeout=10)
-    store.close()
-    return {
-        "first_s": first,
-        "first_cpu": first_cpu,
-        "objects": objects,
-        "again_s": again,
-        "peak": peak,
-        "events": events,
-        "reread_s": reread,
-        "reread_cpu": reread_cpu,
-        "reread_objects": reread_objects,
-    }
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(
+        wall,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss / 1024,
+        proc.returncode,
+        err.read_text()[-2000:],
+    )
 
 
-def bench_demo() -> float:
-    """Seconds of wall time of `etl demo` (three runs against the sandbox, import jobs included)."""
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="etl-bench-demo-") as folder, redirect_stderr(io.StringIO()):
-        code = run_demo(seed=7, workdir=Path(folder), out=io.StringIO())
-    if code != 0:
-        raise SystemExit(f"etl demo exited {code}")
-    return time.perf_counter() - start
+def bound(calls: dict[str, int]) -> float:
+    """The least seconds the APIs allow for these calls made one after another (see the module doc)."""
+    intercom = calls["intercom"] * max(INTERCOM_LATENCY, INTERCOM_CALL_SECONDS)
+    k = calls["bulk"]
+    rate = max((k - 1) // KLAVIYO_BURST, 60 * ((k - 1) // KLAVIYO_STEADY)) if k else 0
+    return intercom + max(rate, k * KLAVIYO_LATENCY) + (calls["klaviyo"] - k) * KLAVIYO_LATENCY
+
+
+@dataclass
+class Case:
+    size: str
+    database: str
+    case: str
+    objects: int
+    measured: Measured
+    calls: dict[str, int]
+
+    def row(self) -> str:
+        m, n = self.measured, max(self.objects, 1)
+        per_k = (self.calls["intercom"] + self.calls["klaviyo"]) / n * 1000
+        b = bound(self.calls)
+        return (
+            f"| {self.size} | {self.database} | {self.case} | {self.objects:,} | {self.objects / m.cpu:,.0f} | "
+            f"{m.cpu:.2f} | {m.rss_mb:.0f} | {per_k:.1f} ({self.calls['intercom']} + {self.calls['klaviyo']}) | "
+            f"{m.wall:.1f} | {b:.1f} | {m.wall / b if b else 0:.2f} |"
+        )
+
+
+def objects_read(env: dict[str, str], folder: Path, config: Path) -> int:
+    """Objects the last run read, from `etl runs --json` (the run's own counts)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "etl", "--config", str(config), "runs", "bench", "--limit", "1", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    counts = json.loads(out.splitlines()[0])["counts"] or {}
+    return sum(
+        int(c.get("objects", 0)) for s, c in counts.items() if isinstance(c, dict) and not s.startswith("_")
+    )
+
+
+def bench_size(size: str, databases: dict[str, str], profile: Path | None = None) -> list[Case]:
+    """The three runs per database; with `profile`, each under cProfile (its stats in that folder)."""
+    cases: list[Case] = []
+    with sandbox(SIZES[size]) as sb:
+        print(f"{size}: workspace of {sb.objects:,} objects served", file=sys.stderr, flush=True)
+        for database, url in databases.items():
+            folder = Path(tempfile.mkdtemp(prefix="etl-bench-"))
+            db = url or f"sqlite:///{folder}/state.db"
+            config = folder / "jobs.yaml"
+            start = (sb.start - timedelta(days=90)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            config.write_text(
+                JOBS_YAML.format(
+                    database_url=db,
+                    intercom=sb.intercom,
+                    klaviyo=sb.klaviyo,
+                    start=start,
+                    token_env=TOKEN_ENV,
+                    key_env=KEY_ENV,
+                )
+            )
+            env = {**os.environ, TOKEN_ENV: sb.token, KEY_ENV: sb.key}
+            env.pop("ETL_DATABASE_URL", None)
+            upgraded = run_etl(["--config", str(config), "db", "upgrade"], env, folder)
+            if upgraded.code != 0:
+                raise SystemExit(f"etl db upgrade failed: {upgraded.stderr}")
+            for case in ("first sync", "1% changed", "no change"):
+                if case == "1% changed":
+                    sb.ask("advance", max(sb.objects // 100, 1))
+                before = sb.ask("counts")
+                python: tuple[str, ...] = ()
+                if profile:
+                    python = (
+                        "-m",
+                        "cProfile",
+                        "-o",
+                        str(profile / f"{database}-{case.replace(' ', '-')}.prof"),
+                    )
+                measured = run_etl(["--config", str(config), "-q", "run"], env, folder, python)
+                after = sb.ask("counts")
+                if measured.code != 0:
+                    raise SystemExit(
+                        f"etl run ({size}, {database}, {case}) exited {measured.code}: {measured.stderr}"
+                    )
+                calls = {k: after[k] - before[k] for k in after}
+                result = Case(size, database, case, objects_read(env, folder, config), measured, calls)
+                print(result.row(), file=sys.stderr, flush=True)
+                cases.append(result)
+    return cases
+
+
+def startup() -> tuple[float, float]:
+    """Median wall and CPU seconds of `python -m etl --help` over 7 runs."""
+    walls, cpus = [], []
+    folder = Path(tempfile.mkdtemp(prefix="etl-bench-"))
+    for _ in range(7):
+        m = run_etl(["--help"], dict(os.environ), folder)
+        walls.append(m.wall)
+        cpus.append(m.cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def machine() -> str:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    return (
+        f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}; Python {platform.python_version()}; "
+        f"{platform.system()} {platform.release()}; {datetime.now(UTC):%Y-%m-%d}"
+    )
+
+
+def profile_report(folder: Path) -> str:
+    """The functions with the most own time of each profiled run, and the share of JSON and SQL in it."""
+    import cProfile  # noqa: F401  (the profiles were written by `python -m cProfile`)
+    import pstats
+
+    parts = []
+    for path in sorted(folder.glob("*.prof")):
+        stats = pstats.Stats(str(path))
+        total = stats.total_tt  # type: ignore[attr-defined]
+        rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
+
+        def share(*needles: str, rows: list[Any] = rows, total: float = total) -> float:
+            return sum(v[2] for k, v in rows if any(n in k[0] or n in k[2] for n in needles)) / total
+
+        parts.append(
+            f"### {path.stem}: {total:.2f} s profiled; own time in json {share('json/', 'json.'):.0%}, "
+            f"sqlalchemy {share('sqlalchemy'):.0%}, copy {share('copy.py'):.0%}\n\n"
+            "| own s | cum s | calls | function |\n|---:|---:|---:|---|\n"
+            + "\n".join(
+                f"| {v[2]:.2f} | {v[3]:.2f} | {v[1]:,} | {Path(k[0]).name}:{k[1]} {k[2]} |"
+                for k, v in rows[:20]
+            )
+        )
+    return "\n\n".join(parts) + "\n"
 
 
 def main() -> int:
-    print("etl bench (figures from one run on this machine; compare ratios, not absolutes)")
-    pure = bench_pure(workspace(2))
-    print(f"pure inference: {pure:.0f} µs per conversation/ticket (snapshot + first-sight diff)")
-    rows = []
-    for scale in (2, 8):
-        r = bench_run(scale)
-        rows.append(r)
-        per_object = r["first_cpu"] / max(r["objects"], 1) * 1e6
-        print(
-            f"workspace {scale}x: first run {r['objects']} objects -> {r['events']} events in {r['first_s']:.2f} s "
-            f"wall; the job's own CPU {per_object:.0f} µs/object (snapshot, inference, outbox, delivery; SQLite). "
-            f"No-change run {r['again_s'] * 1000:.0f} ms. Re-reading {r['reread_objects']} unchanged objects: "
-            f"{r['reread_cpu'] / max(r['reread_objects'], 1) * 1e6:.0f} µs/object CPU; peak memory of such a run "
-            f"{r['peak'] / 1e6:.1f} MB"
-        )
-    print(
-        f"for scale: Intercom's rate limit allows {INTERCOM_BUDGET_US_PER_OBJECT:.0f} µs/object at full speed "
-        "(10,000 calls/min, 150 objects a call); one sequential search call of ~300 ms costs ~2,000 µs/object"
-    )
-    growth = rows[1]["objects"] / max(rows[0]["objects"], 1)
-    print(f"memory: workspace grew {growth:.1f}x, peak grew {rows[1]['peak'] / rows[0]['peak']:.2f}x")
-    print(f"etl demo: {bench_demo():.1f} s wall for its three runs (meant to stay well under a minute)")
+    out = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else None
+    if "--profile" in sys.argv:  # cProfile of each run at 10k on SQLite: where the CPU goes
+        folder = Path(sys.argv[sys.argv.index("--profile") + 1])
+        folder.mkdir(parents=True, exist_ok=True)
+        bench_size("10k", {"SQLite": ""}, profile=folder)
+        print(profile_report(folder))
+        return 0
+    sizes = ["10k", "100k"] if os.environ.get("ETL_BENCH_LARGE") == "1" else ["10k"]
+    help_wall, help_cpu = startup()
+    cases: list[Case] = []
+    with ExitStack() as stack:
+        databases = {"SQLite": ""}
+        if os.environ.get("ETL_BENCH_POSTGRES", "1") != "0":
+            from tests.pg import fresh_database, throwaway_server
+
+            admin = stack.enter_context(throwaway_server())
+            databases["PostgreSQL"] = stack.enter_context(fresh_database(admin))
+        for size in sizes:
+            if "PostgreSQL" in databases and size != sizes[0]:
+                databases["PostgreSQL"] = stack.enter_context(fresh_database(admin))
+            cases += bench_size(size, databases)
+    lines = [
+        f"Machine: {machine()}.",
+        f"Sandbox latency: {INTERCOM_LATENCY * 1000:.0f} ms per Intercom request, {KLAVIYO_LATENCY * 1000:.0f} ms "
+        "per Klaviyo request; rate limits the APIs' own (Intercom 10,000/min, Klaviyo bulk 10/s and 150/min).",
+        "",
+        f"`etl --help`: {help_wall:.3f} s wall, {help_cpu:.3f} s CPU (median of 7).",
+        "",
+        "| size | database | run | objects | objects / CPU-s | CPU s | peak RSS MB | API calls / 1k objects "
+        "(Intercom + Klaviyo calls) | wall s | APIs' bound s | wall / bound |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        *(c.row() for c in cases),
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if out:  # replace the measured part only: the notes around the markers stay
+        text = out.read_text() if out.exists() else f"{START}\n{END}\n"
+        head, rest = text.split(START, 1)
+        out.write_text(f"{head}{START}\n{report}{END}{rest.split(END, 1)[1]}")
     return 0
 
 

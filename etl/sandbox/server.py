@@ -35,6 +35,9 @@ class Faults:
     empty_rate: float = 0.0  # reply 200 with an empty body
     # "METHOD /path" regex → the raw body of a 200 served instead of handling (a bad page, a junk job status)
     bodies: dict[str, bytes] = field(default_factory=dict)
+    # seconds every request waits before it is handled: a real API's round trip (`etl sandbox serve
+    # --intercom-latency-ms`, `make bench`); rate limits still count each request when it is handled
+    latency: float = 0.0
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
@@ -102,6 +105,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         if self.server.notify("received", method, self.path):
             self._hang_up()
             return
+        if self.server.faults.latency:
+            time.sleep(self.server.faults.latency)
         fault = self.server.faults.draw()
         if fault == "reset":
             self._hang_up()
