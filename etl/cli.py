@@ -367,12 +367,19 @@ def backfill_plan(
       etl backfill-plan shop --since 2026-01-01 --until 2026-07-01 --every 1mo
       etl run shop $(etl backfill-plan shop --since 2026-01-01 --until 2026-07-01 --slices 6 --index 2)
     """
+    from etl.config import parse_duration
     from etl.windows import plan_slices
 
     options = _run_options(
-        dry_run=False, output=None, since=since, until=until, replay=False, streams=None,
-        metrics_file=None, pushgateway=None,
-    )  # fmt: skip  # the same checks as `run`
+        dry_run=False,
+        output=None,
+        since=since,
+        until=until,
+        replay=False,
+        streams=None,
+        metrics_file=None,
+        pushgateway=None,
+    )  # the same checks as `run`
     assert options.since is not None and options.until is not None  # both flags are required
     if (slices is None) == (every is None):
         raise UsageError("give one of --slices N or --every DURATION (1mo, 7d, ...)")
