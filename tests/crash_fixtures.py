@@ -134,7 +134,9 @@ class Killer:
             assert self.blocker is not None
             self.blocker.rollback()
             self.blocker.close()
-            # the dead client's backend wakes, finds its client gone and rolls back; wait until it has
+            # the dead client's backend wakes and rolls back once it finds its client gone; a backend whose
+            # statement still had work to do may take a while to notice, so end it as the server would
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
             gone = sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
             while conn.execute(gone, {"pid": pid}).scalar():
                 assert time.monotonic() < deadline, f"{self.point.name}: backend {pid} lingers"
