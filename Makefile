@@ -24,7 +24,7 @@ test: $(STAMP) ## run the test suite (SQLite always; PostgreSQL via ETL_TEST_POS
 	$(BIN)/pytest -q -m "not soak"
 
 soak: $(STAMP) ## the long sweeps: SIGKILL at every page and request on PostgreSQL, random kills of concurrent runs (ETL_SOAK_SEED); minutes
-	$(BIN)/pytest -q -m soak
+	$(BIN)/pytest -q -s -m soak
 
 lint: $(STAMP) ## ruff lint + format check, mypy on etl/, the import layers (lint-imports)
 	$(BIN)/ruff check etl tests migrations

@@ -141,6 +141,7 @@ class Killer:
             while conn.execute(gone, {"pid": pid}).scalar():
                 assert time.monotonic() < deadline, f"{self.point.name}: backend {pid} lingers"
                 time.sleep(0.01)
+                conn.commit()  # pg_stat_activity is a snapshot per transaction: look again in a new one
 
     def close(self) -> None:
         if self.blocker is not None:

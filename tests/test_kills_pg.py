@@ -97,6 +97,12 @@ def sweep(points: list[KillPoint], admin_url: str, workdir: Path) -> tuple[int, 
                 f"{outcome.point.name}: {len(missing)} lost, {len(extra)} extra, {twice} twice, "
                 f"{outcome.pending} pending, profiles {'differ' if outcome.profiles != profiles else 'same'}"
             )
+    held = sum(len(o.events) for o in outcomes)
+    expected_events = sum(len(expected[o.point.backfill][0]) for o in outcomes)
+    print(
+        f"kill sweep: {len(points)} kill points, {expected_events} events expected, {held} held, "
+        f"{lost} lost, {doubled} doubled"
+    )
     assert not problems, problems
     return lost, doubled
 
