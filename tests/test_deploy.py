@@ -479,3 +479,19 @@ def test_readme_crontab_mails_a_rejection_with_its_summary(tmp_path: Path) -> No
         == f"etl: error: job {JOB}: Klaviyo rejected 1 item(s); see `etl outbox {JOB} --status failed`"
     )
     assert IC_TOKEN not in mail and KL_KEY not in mail
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    """hadolint (a dev dependency: its wheel carries the binary) finds nothing to say about deploy/Dockerfile."""
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_hadolint_would_catch_a_bad_dockerfile(tmp_path: Path) -> None:
+    """The check can fail: an unpinned base image and `cd` in RUN are reported."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN cd /tmp && pip install etl\n")
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), str(bad)], capture_output=True, text=True)
+    assert result.returncode == 1 and "DL3007" in result.stdout
