@@ -8,9 +8,12 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
+import requests
 
 from etl import logs
+from etl.sandbox.klaviyo_server import KlaviyoServer
 from etl.state import StateStore
+from tests.klaviyo_fixtures import FakeClock, sandbox
 from tests.pg import fresh_database, throwaway_server
 
 
@@ -61,3 +64,21 @@ def store(db_url: str) -> Iterator[StateStore]:
     s.upgrade()
     yield s
     s.close()
+
+
+# -- the fake Klaviyo on loopback, on an injected clock (tests/test_klaviyo_*.py) ------------------------
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def klaviyo(clock: FakeClock) -> Iterator[KlaviyoServer]:
+    with sandbox(clock) as server:
+        yield server
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        yield session

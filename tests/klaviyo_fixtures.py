@@ -26,6 +26,15 @@ START = 1_780_000_000.0  # 2026-05-28, a fixed fake "now"
 EVENT_TIME = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 
+# what a client sends on every /api/ request (tests speaking to the sandbox by hand)
+HEADERS = {
+    "Authorization": f"Klaviyo-API-Key {SANDBOX_API_KEY}",
+    "revision": "2026-07-15",
+    "Content-Type": "application/vnd.api+json",
+    "Accept": "application/vnd.api+json",
+}
+
+
 class FakeClock:
     """A clock that only moves when something sleeps on it; shared by the client and the sandbox."""
 

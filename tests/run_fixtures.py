@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner, Result
 
+from etl.cli import cli
 from etl.config import IntercomSettings, JobSettings, KlaviyoSettings, Settings
 from etl.errors import IntercomError
 from etl.intercom import IntercomClient
@@ -285,3 +287,12 @@ class FakePushgateway:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def invoke_cli(*args: str) -> Result:
+    """The real CLI through click's runner, with the sandboxes' tokens in the environment and text logs and
+    error lines (CliRunner's stderr is no terminal: without `--log-format text` they would be JSON lines)."""
+    if "--log-format" not in args:
+        args = ("--log-format", "text", *args)
+    env = {IC_ENV: IC_TOKEN, KL_ENV: KL_KEY, "ETL_DATABASE_URL": ""}
+    return CliRunner().invoke(cli, list(args), env=env)

@@ -5,7 +5,6 @@ a merged contact; each with and without `--live`; usage errors; what `--live` pr
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -14,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from etl import logs
-from etl.cli import cli
 from etl.models import iso_z
 from etl.profiles import contact_identity
 from etl.sandbox.generator import Workspace
@@ -26,9 +23,6 @@ from etl.snapshots import to_snapshot
 from etl.state import StateStore
 from tests.pg import fresh_database
 from tests.run_fixtures import (
-    IC_ENV,
-    IC_TOKEN,
-    KL_ENV,
     KL_KEY,
     START_DATE,
     Sandboxes,
@@ -36,8 +30,10 @@ from tests.run_fixtures import (
     sandboxes,
     write_config,
 )
+from tests.run_fixtures import (
+    invoke_cli as invoke,
+)
 
-ENV = {IC_ENV: IC_TOKEN, KL_ENV: KL_KEY, "ETL_DATABASE_URL": ""}
 POISON_ERROR = (
     "invalid: The payload provided in the request is invalid. (/data/attributes/events-bulk-create)"
 )
@@ -50,23 +46,6 @@ NOT_READ = (
     "not in state: no contacts search returned it (merged into another contact, deleted, or not updated "
     "since start_date; a run looks such a contact up in Intercom)"
 )
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """The CLI points the `etl` logger at the runner's stderr; put it back for the tests that follow."""
-    logger = logging.getLogger(logs.LOGGER_NAME)
-    saved = logger.handlers[:], logger.propagate, logger.level
-    yield
-    logger.handlers[:], logger.propagate = saved[0], saved[1]
-    logger.setLevel(saved[2])
-
-
-def invoke(*args: str) -> Result:
-    """The CLI with text logs and error lines (off a terminal they would be JSON lines)."""
-    if "--log-format" not in args:
-        args = ("--log-format", "text", *args)
-    return CliRunner().invoke(cli, list(args), env=ENV)
 
 
 @dataclass

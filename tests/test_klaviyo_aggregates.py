@@ -5,7 +5,6 @@ limit (3/s, 60/m), which the client keeps without a single 429."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -18,27 +17,10 @@ from etl.klaviyo_batches import cut_event_batches
 from etl.models import OutboxItem
 from etl.sandbox.klaviyo_server import ALL_SCOPES, SANDBOX_API_KEY, KlaviyoServer
 from etl.sandbox.klaviyo_store import KlaviyoSettings
-from tests.klaviyo_fixtures import FakeClock, client_for, event_item, sandbox, schema_errors
+from tests.klaviyo_fixtures import HEADERS, FakeClock, client_for, event_item, sandbox, schema_errors
 
-HEADERS = {
-    "Authorization": f"Klaviyo-API-Key {SANDBOX_API_KEY}",
-    "revision": "2026-07-15",
-    "Content-Type": "application/vnd.api+json",
-    "Accept": "application/vnd.api+json",
-}
 AGGREGATES = "/api/metric-aggregates"
 MAY = datetime(2026, 5, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def klaviyo(clock: FakeClock) -> Iterator[KlaviyoServer]:
-    with sandbox(clock) as server:
-        yield server
 
 
 def send(server: KlaviyoServer, *items: OutboxItem) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,33 +14,10 @@ from etl.models import OutboxItem
 from etl.sandbox.klaviyo_metrics import API_INTEGRATION, INTERCOM_INTEGRATION
 from etl.sandbox.klaviyo_server import ALL_SCOPES, SANDBOX_API_KEY, KlaviyoServer
 from etl.sandbox.klaviyo_store import KlaviyoSettings
-from tests.klaviyo_fixtures import FakeClock, client_for, event_item, sandbox, schema_errors
+from tests.klaviyo_fixtures import HEADERS, FakeClock, client_for, event_item, sandbox, schema_errors
 
-HEADERS = {
-    "Authorization": f"Klaviyo-API-Key {SANDBOX_API_KEY}",
-    "revision": "2026-07-15",
-    "Content-Type": "application/vnd.api+json",
-    "Accept": "application/vnd.api+json",
-}
 EVENTS = "/api/event-bulk-create-jobs"
 METRICS = "/api/metrics"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def klaviyo(clock: FakeClock) -> Iterator[KlaviyoServer]:
-    with sandbox(clock) as server:
-        yield server
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
 
 
 def send_events(http: requests.Session, server: KlaviyoServer, *items: OutboxItem) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
@@ -12,33 +11,10 @@ import requests
 from etl.klaviyo_batches import cut_event_batches, cut_profile_batches
 from etl.sandbox.klaviyo_server import SANDBOX_API_KEY, KlaviyoServer
 from etl.sandbox.klaviyo_store import KlaviyoSettings
-from tests.klaviyo_fixtures import FakeClock, event_item, profile_item, sandbox, schema_errors
+from tests.klaviyo_fixtures import HEADERS, FakeClock, event_item, profile_item, sandbox, schema_errors
 
-HEADERS = {
-    "Authorization": f"Klaviyo-API-Key {SANDBOX_API_KEY}",
-    "revision": "2026-07-15",
-    "Content-Type": "application/vnd.api+json",
-    "Accept": "application/vnd.api+json",
-}
 EVENTS = "/api/event-bulk-create-jobs"
 IMPORTS = "/api/profile-bulk-import-jobs"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def klaviyo(clock: FakeClock) -> Iterator[KlaviyoServer]:
-    with sandbox(clock) as server:
-        yield server
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
 
 
 def post(

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
-from etl.cli import cli
 from etl.config import JobSettings
 from etl.errors import worst_exit_code
 from etl.models import RunOptions, iso_z
@@ -38,6 +35,9 @@ from tests.run_fixtures import (
     sandboxes,
     settings,
     write_config,
+)
+from tests.run_fixtures import (
+    invoke_cli as invoke,
 )
 
 OTHER = "other-host:4242:cafebabe"
@@ -347,31 +347,9 @@ def test_renamed_metrics_are_compared_under_the_name_klaviyo_knows(store: StateS
 
 
 # -- the command line ---------------------------------------------------------------------------------
-ENV = {IC_ENV: IC_TOKEN, KL_ENV: KL_KEY, "ETL_DATABASE_URL": ""}
 WINDOW = ["--since", START_DATE.date().isoformat(), "--until", (T0 + timedelta(days=1)).date().isoformat()]
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    import logging
-
-    from etl import logs
-
-    logger = logging.getLogger(logs.LOGGER_NAME)
-    saved = logger.handlers[:], logger.propagate, logger.level
-    yield
-    logger.handlers[:], logger.propagate = saved[0], saved[1]
-    logger.setLevel(saved[2])
-
-
-def invoke(*args: str) -> Result:
-    """The CLI with text logs and error lines (off a terminal they would be JSON lines)."""
-    if "--log-format" not in args:
-        args = ("--log-format", "text", *args)
-    return CliRunner().invoke(cli, list(args), env=ENV)
-
-
-@pytest.mark.usefixtures("restore_logging")
 def test_the_command_prints_json_records_the_run_writes_gauges_and_exits_7_when_out_of_step(
     tmp_path: Path,
 ) -> None:

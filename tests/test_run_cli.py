@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import logging
 import re
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ import pytest
 from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
-from etl import logs
 from etl.cli import cli
 from etl.demo import DEMO_KEY_ENV, DEMO_TOKEN_ENV
 from etl.models import RunOptions
@@ -40,16 +37,6 @@ from tests.run_fixtures import (
 
 ENV = {IC_ENV: IC_TOKEN, KL_ENV: KL_KEY, "ETL_DATABASE_URL": ""}
 TEXT = ("--log-format", "text")  # CliRunner's stderr is no terminal: without this, JSON lines
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """The CLI points the `etl` logger at the runner's stderr; put it back for the tests that follow."""
-    logger = logging.getLogger(logs.LOGGER_NAME)
-    saved = logger.handlers[:], logger.propagate, logger.level
-    yield
-    logger.handlers[:], logger.propagate = saved[0], saved[1]
-    logger.setLevel(saved[2])
 
 
 def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:
