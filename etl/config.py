@@ -25,7 +25,7 @@ import yaml
 from etl.errors import ConfigError
 from etl.events import EVENT_PROPERTY_KEYS, METRICS
 from etl.http import DEFAULT_RETRY_BUDGET
-from etl.intercom import MAX_PER_PAGE
+from etl.intercom import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, MAX_PER_PAGE
 from etl.limits import MAX_METRIC_NAME_LENGTH
 from etl.models import STREAMS
 from etl.profiles import PROFILE_PROPERTY_KEYS
@@ -54,6 +54,7 @@ class IntercomSettings:
     version: str = "2.16"
     per_page: int = MAX_PER_PAGE
     retry_budget: timedelta = DEFAULT_RETRY_BUDGET
+    concurrency: int = DEFAULT_CONCURRENCY  # Intercom requests one run keeps in flight at most
 
 
 @dataclass(frozen=True)
@@ -332,7 +333,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
     ic = out.mapping(
         body.get("intercom"),
         f"{path}.intercom",
-        ("base_url", "token_env", "version", "per_page", "retry_budget"),
+        ("base_url", "token_env", "version", "per_page", "retry_budget", "concurrency"),
     )
     kl = out.mapping(
         body.get("klaviyo"), f"{path}.klaviyo", ("base_url", "api_key_env", "revision", "retry_budget")
@@ -344,6 +345,17 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
             f"{path}.intercom.per_page", f"expected a whole number from 1 to {MAX_PER_PAGE}, got {per_page!r}"
         )
         per_page = defaults_ic.per_page
+    concurrency = ic.get("concurrency", defaults_ic.concurrency)
+    if (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= MAX_CONCURRENCY
+    ):
+        out.add(
+            f"{path}.intercom.concurrency",
+            f"expected a whole number from 1 to {MAX_CONCURRENCY}, got {concurrency!r}",
+        )
+        concurrency = defaults_ic.concurrency
     intercom = IntercomSettings(
         base_url=_base_url(ic.get("base_url", defaults_ic.base_url), f"{path}.intercom.base_url", out),
         token_env=_string(
@@ -352,6 +364,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
         version=_intercom_version(ic.get("version", defaults_ic.version), f"{path}.intercom.version", out),
         per_page=per_page,
         retry_budget=_retry_budget(ic, f"{path}.intercom.retry_budget", out),
+        concurrency=concurrency,
     )
     klaviyo = KlaviyoSettings(
         base_url=_base_url(kl.get("base_url", defaults_kl.base_url), f"{path}.klaviyo.base_url", out),

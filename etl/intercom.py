@@ -53,6 +53,8 @@ from etl.models import STREAMS, Page, Window
 from etl.snapshots import text, timestamp
 
 MAX_PER_PAGE = 150  # spec 2.16: search pagination.per_page maximum
+DEFAULT_CONCURRENCY = 4  # Intercom requests one run keeps in flight (`intercom.concurrency`)
+MAX_CONCURRENCY = 16
 RATE_WINDOW_SECONDS = 10.0  # "limits are distributed over 10 second windows" (Intercom rate limiting docs)
 WINDOW_SLACK_SECONDS = 2 * 86_400  # > the longest calendar day (25 h at a DST change): covers day truncation
 MAX_IDS_PER_LOOKUP = 15  # spec: 15 filters per group; IN is "a shortcut for OR", so we assume values count
