@@ -98,6 +98,13 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
+        self.server.entered()
+        try:
+            self._handle(method)
+        finally:
+            self.server.left()
+
+    def _handle(self, method: str) -> None:
         # read the body before a fault fires: an unread body would poison the keep-alive connection
         length = int(self.headers.get("Content-Length") or 0)
         self._raw_body = self.rfile.read(length) if length else b""
@@ -200,6 +207,8 @@ class SandboxServer(ThreadingHTTPServer):
         self.on_request: Callable[[str, str, str], bool] | None = None
         self._requests_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # requests being handled now, and the most at once: tests of concurrent clients read `peak_in_flight`
+        self.in_flight = self.peak_in_flight = 0
 
     @property
     def url(self) -> str:
@@ -213,6 +222,15 @@ class SandboxServer(ThreadingHTTPServer):
     def record(self, method: str, path: str) -> None:
         with self._requests_lock:
             self.requests.append((method, path))
+
+    def entered(self) -> None:
+        with self._requests_lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def left(self) -> None:
+        with self._requests_lock:
+            self.in_flight -= 1
 
     def notify(self, stage: str, method: str, path: str) -> bool:
         """Calls `on_request`; true when the request is to be hung up on."""
