@@ -19,18 +19,19 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from etl import logs
 from etl.config import JobSettings
 from etl.contacts import CONTACT_CACHE_LIMIT
-from etl.delivery import EVENT_CHUNK, PROFILE_CHUNK
+from etl.delivery import DELIVER_EVERY, EVENT_CHUNK, PROFILE_CHUNK
 from etl.errors import EtlError, Interrupted
 from etl.inference import PROFILED_LIMIT, Inference
 from etl.intercom import IntercomClient
 from etl.klaviyo import DEFAULT_NAMES, KlaviyoClient, Names
 from etl.models import ApiCounts, RunOptions, RunReport, Window, iso_z
+from etl.reading import Frontier, cut_window, read_slices
 from etl.report import Progress
 from etl.sinks import DryRunSink, OutboxSink, Sink
 from etl.snapshots import to_snapshot
@@ -49,6 +50,7 @@ class Bounds:
     profiled: int = PROFILED_LIMIT
     profile_chunk: int = PROFILE_CHUNK
     event_chunk: int = EVENT_CHUNK
+    deliver_every: int = DELIVER_EVERY
 
 
 @dataclass
@@ -86,7 +88,14 @@ class Services:
             raise ValueError("a real run needs a state store and a Klaviyo client")
         chunks = (bounds.profile_chunk, bounds.event_chunk)
         return OutboxSink(
-            self.store, self.klaviyo, job, clock=clock, requeue=options.replay, names=names, chunks=chunks
+            self.store,
+            self.klaviyo,
+            job,
+            clock=clock,
+            requeue=options.replay,
+            names=names,
+            chunks=chunks,
+            deliver_every=bounds.deliver_every,
         )
 
 
@@ -145,6 +154,9 @@ class JobRun:
         self.inference = Inference(
             job, services.intercom, self.report, options, self.started, bounds.contact_cache, bounds.profiled
         )
+        # search slices of one window read at once; a dry-run reads one page after another, so that two
+        # dry-runs of the same workspace print the same lines in the same order (an audit diffs them)
+        self.readers = 1 if options.dry_run else job.intercom.concurrency
         self.run_id: int | None = None
         self.window_state: dict[str, Any] = {}
         self.max_seen: dict[str, datetime] = {}
@@ -165,8 +177,9 @@ class JobRun:
                 plan = self.plan()
                 self.run_id = self.sink.start_run(self.mode, self.window_state, self.started)
                 log.info("run started", extra={"fields": self._fields(windows=len(plan.windows))})
-                for window in plan.windows:
-                    self.read_stream(window)
+                with self.sink.reading(self.report, check_lease):
+                    for window in plan.windows:
+                        self.read_stream(window)
                 self.sink.complete(self.report, self.watermarks(plan), check_lease, self.progress)
                 self.finish("succeeded" if not self.rejected else "rejected", None)
             except BaseException as exc:
@@ -221,16 +234,24 @@ class JobRun:
 
     # -- reading ----------------------------------------------------------------------------------------
     def read_stream(self, window: Window) -> None:
+        """Read the window's slices (etl.reading) and write each page as it arrives, in ONE writer."""
         stream, stats = window.stream, self.services.intercom.stats
         before = ApiCounts.of(stats)
         self.progress.start(stream)
-        for page in self.services.intercom.pages(window):
+        slices = cut_window(window, self.readers)
+        frontier, totals = Frontier(slices), [0] * len(slices)
+        for index, page in read_slices(self.services.intercom.pages, slices, self.readers):
+            if page is None:
+                frontier.finish(index)
+                continue
             self.check_lease()
             self.report.add(stream, "pages")
-            self.progress.advance(stream, len(page.objects), page.total_count)
-            skip_malformed(self.report, window, self._fields(), page.malformed)
+            if page.total_count is not None:
+                totals[index] = page.total_count
+            self.progress.advance(stream, len(page.objects), sum(totals) or None)
+            skip_malformed(self.report, slices[index], self._fields(), page.malformed)
             if page.objects:
-                self.process_page(window, page.objects)
+                self.process_page(window, page.objects, frontier, index)
         self.window_state[stream]["done"] = True
         self.window_state[stream].pop("resume_until", None)
         used = ApiCounts.of(stats) - before
@@ -241,7 +262,9 @@ class JobRun:
             self.sink.save_window(self.window_state)
         log.info("stream read", extra={"fields": self._fields(stream=stream, **counts)})
 
-    def process_page(self, window: Window, objects: Iterable[Mapping[str, Any]]) -> None:
+    def process_page(
+        self, window: Window, objects: Iterable[Mapping[str, Any]], frontier: Frontier, index: int
+    ) -> None:
         stream = window.stream
         current = [to_snapshot(stream, raw) for raw in objects]
         self.report.add(stream, "objects", len(current))
@@ -260,9 +283,9 @@ class JobRun:
             entries = self.inference.infer(stream, changed, page.load) if changed else []
             progress = None
             if self.options.backfill:
-                lowest = min(s.updated_at for s in current)
-                # descending pages: all of [lowest + 1 s, until) is done; the same second may continue
-                self.window_state[stream]["resume_until"] = iso_z(lowest + timedelta(seconds=1))
+                frontier.read(index, min(s.updated_at for s in current))
+                # in the page's transaction: a resumed backfill reads only what lies below this
+                self.window_state[stream]["resume_until"] = iso_z(frontier.resume_until())
                 progress = self.window_state
             for kind, n in page.put(stream, entries, [s for _, s in changed], progress).items():
                 self.report.add(stream, f"queued:{kind}s", n)

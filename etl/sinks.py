@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TextIO
 
 from etl import logs
-from etl.delivery import EVENT_CHUNK, PROFILE_CHUNK, DeliveryProgress, deliver
+from etl.delivery import DELIVER_EVERY, EVENT_CHUNK, PROFILE_CHUNK, DeliveryProgress, EarlyDelivery, deliver
 from etl.errors import EtlError
 from etl.klaviyo import DEFAULT_NAMES, KlaviyoClient, Names, rename
 from etl.lease import LeaseKeeper
@@ -57,6 +57,10 @@ class Sink(Protocol):
 
     def start_run(self, mode: str, window: dict[str, Any], started: datetime) -> int | None: ...
 
+    def reading(self, report: RunReport, check_lease: Callable[[], None]) -> Any:
+        """A context manager around the reading of all streams: a real run delivers while it reads."""
+        ...
+
     def page(self) -> Any:
         """A context manager yielding the PageWriter of one page."""
         ...
@@ -89,9 +93,12 @@ class OutboxSink:
         requeue: bool = False,
         names: Names = DEFAULT_NAMES,
         chunks: tuple[int, int] = (PROFILE_CHUNK, EVENT_CHUNK),
+        deliver_every: int = DELIVER_EVERY,
     ) -> None:
         self.store, self.klaviyo, self.job, self.clock = store, klaviyo, job, clock
         self.chunks = chunks  # outbox items per delivery call: (profiles, events)
+        self.deliver_every = deliver_every  # items queued that start an early delivery round while reading
+        self.early: EarlyDelivery | None = None
         self.requeue = requeue  # a replay re-queues what was sent before; Klaviyo's dedupe keeps it harmless
         self.names = names  # applied when sending: the outbox keeps the default names (docs/design.md §3.3)
         self.run_id: int | None = None
@@ -113,9 +120,29 @@ class OutboxSink:
         return self.run_id
 
     @contextmanager
+    def reading(self, report: RunReport, check_lease: Callable[[], None]) -> Iterator[None]:
+        def send_round() -> None:
+            self._deliver(report, check_lease, None, upto=self.store.last_outbox_id(self.job))
+
+        early = self.early = EarlyDelivery(send_round, self.deliver_every).start()
+        try:
+            yield
+        except BaseException:
+            early.stop(wait=False)  # the run is failing: don't wait for Klaviyo; the thread is a daemon
+            raise
+        finally:
+            self.early = None
+        early.stop()  # a round under way finishes; its error, if any, is the run's
+
+    @contextmanager
     def page(self) -> Iterator[PageWriter]:
+        if self.early is not None:
+            self.early.check()
         with self.store.transaction() as conn:
-            yield _OutboxPage(self, conn)
+            writer = _OutboxPage(self, conn)
+            yield writer
+        if self.early is not None:  # committed: the early delivery may send it
+            self.early.queued(writer.queued)
 
     def save_window(self, window: dict[str, Any]) -> None:
         if self.run_id is not None:
@@ -128,6 +155,19 @@ class OutboxSink:
         check_lease: Callable[[], None],
         progress: DeliveryProgress | None = None,
     ) -> None:
+        self._deliver(report, check_lease, progress)
+        if watermarks:
+            check_lease()  # never move a watermark under a run that lost its lease
+        for stream, value in watermarks.items():
+            self.store.set_watermark(self.job, stream, value, self.clock())
+
+    def _deliver(
+        self,
+        report: RunReport,
+        check_lease: Callable[[], None],
+        progress: DeliveryProgress | None,
+        upto: int | None = None,
+    ) -> None:
         deliver(
             self.store,
             self.klaviyo,
@@ -139,11 +179,8 @@ class OutboxSink:
             progress=progress,
             chunks=self.chunks,
             run_id=self.run_id,
+            upto=upto,
         )
-        if watermarks:
-            check_lease()  # never move a watermark under a run that lost its lease
-        for stream, value in watermarks.items():
-            self.store.set_watermark(self.job, stream, value, self.clock())
 
     def end_run(self, status: str, report: RunReport, window: dict[str, Any], error: str | None) -> None:
         if self.run_id is None:
@@ -164,6 +201,7 @@ class OutboxSink:
 class _OutboxPage:
     def __init__(self, sink: OutboxSink, conn: Any) -> None:
         self.sink, self.conn = sink, conn
+        self.queued = 0  # outbox rows this page added
 
     def load(self, stream: str, ids: list[str]) -> dict[str, Snapshot]:
         return self.sink.store.load_snapshots(self.conn, self.sink.job, stream, ids)
@@ -178,6 +216,7 @@ class _OutboxPage:
         sink.store.save_snapshots(self.conn, sink.job, changed)
         if window is not None and sink.run_id is not None:
             sink.store.update_run_window(self.conn, sink.run_id, window)
+        self.queued += sum(queued.values())
         return queued
 
 
@@ -215,6 +254,9 @@ class DryRunSink:
 
     def start_run(self, mode: str, window: dict[str, Any], started: datetime) -> int | None:
         return None
+
+    def reading(self, report: RunReport, check_lease: Callable[[], None]) -> Any:
+        return nullcontext()  # nothing is sent
 
     @contextmanager
     def page(self) -> Iterator[PageWriter]:

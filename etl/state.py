@@ -238,16 +238,21 @@ class StateStore(Migrations):
                     found.update((kind, r.unique_id) for r in rows)
         return found
 
-    def pending(self, job: str, kind: str, *, limit: int, after_id: int = 0) -> list[OutboxItem]:
-        """The next pending items of one kind, in queue order, at most `limit`."""
+    def pending(
+        self, job: str, kind: str, *, limit: int, after_id: int = 0, upto: int | None = None
+    ) -> list[OutboxItem]:
+        """The next pending items of one kind, in queue order, at most `limit` (and ids up to `upto`)."""
+        query = (
+            sa.select(outbox.c.id, outbox.c.kind, outbox.c.unique_id, outbox.c.payload, outbox.c.attempts)
+            .where(outbox.c.job == job, outbox.c.kind == kind, outbox.c.status == "pending")
+            .where(outbox.c.id > after_id)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        if upto is not None:
+            query = query.where(outbox.c.id <= upto)
         with self.transaction() as conn:
-            rows = conn.execute(
-                sa.select(outbox.c.id, outbox.c.kind, outbox.c.unique_id, outbox.c.payload, outbox.c.attempts)
-                .where(outbox.c.job == job, outbox.c.kind == kind, outbox.c.status == "pending",
-                       outbox.c.id > after_id)
-                .order_by(outbox.c.id)
-                .limit(limit)
-            )  # fmt: skip
+            rows = conn.execute(query)
             return [OutboxItem(r.id, job, r.kind, r.unique_id, _json(r.payload), r.attempts) for r in rows]
 
     def mark_delivered(
@@ -286,6 +291,13 @@ class StateStore(Migrations):
     def outbox_counts(self, job: str) -> dict[str, int]:
         """Outbox items per status of one job."""
         return self._count_by(outbox, outbox.c.status, job)
+
+    def last_outbox_id(self, job: str) -> int:
+        """The newest outbox id of the job (0 when it has none): the high-water mark of an early delivery."""
+        with self.transaction() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.max(outbox.c.id)).where(outbox.c.job == job)).scalar() or 0
+            )
 
     def pending_count(self, job: str) -> int:
         """The job's pending items (read from ix_outbox_job_status_id: sent items are not counted through)."""

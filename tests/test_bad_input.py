@@ -67,7 +67,8 @@ def test_a_page_with_malformed_objects_skips_counts_and_logs_each_by_id(tmp_path
         boxes.intercom.server.faults = Faults(
             bodies={"POST /conversations/search": json.dumps(page).encode()}
         )
-        config = write_config(tmp_path / "jobs.yaml", url, boxes.job())
+        # one reader: the fake serves this body to every search, so each time slice would see the junk again
+        config = write_config(tmp_path / "jobs.yaml", url, boxes.job(concurrency=1))
         env = {**os.environ, IC_ENV: IC_TOKEN, KL_ENV: KL_KEY, "ETL_DATABASE_URL": ""}
         done = subprocess.run(
             [sys.executable, "-m", "etl", "--log-format", "json", "--config", str(config), "run"],
