@@ -57,12 +57,19 @@ class IntercomSettings:
     concurrency: int = DEFAULT_CONCURRENCY  # Intercom requests one run keeps in flight at most
 
 
+# Items queued while pages are still being read that start a delivery round: enough for several full Klaviyo
+# requests (1,000 events or 10,000 profiles each), so rounds don't spend the bulk endpoints' 150 requests a
+# minute on part-filled batches. 0: deliver only after reading, as a run without overlap would.
+DEFAULT_DELIVER_EVERY = 5_000
+
+
 @dataclass(frozen=True)
 class KlaviyoSettings:
     base_url: str = "https://a.klaviyo.com"
     api_key_env: str = "KLAVIYO_API_KEY"
     revision: str = "2026-07-15"
     retry_budget: timedelta = DEFAULT_RETRY_BUDGET
+    deliver_every: int = DEFAULT_DELIVER_EVERY  # items queued while reading that start a delivery round
 
 
 @dataclass(frozen=True)
@@ -336,7 +343,9 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
         ("base_url", "token_env", "version", "per_page", "retry_budget", "concurrency"),
     )
     kl = out.mapping(
-        body.get("klaviyo"), f"{path}.klaviyo", ("base_url", "api_key_env", "revision", "retry_budget")
+        body.get("klaviyo"),
+        f"{path}.klaviyo",
+        ("base_url", "api_key_env", "revision", "retry_budget", "deliver_every"),
     )
     defaults_ic, defaults_kl = IntercomSettings(), KlaviyoSettings()
     per_page = ic.get("per_page", defaults_ic.per_page)
@@ -356,6 +365,13 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
             f"expected a whole number from 1 to {MAX_CONCURRENCY}, got {concurrency!r}",
         )
         concurrency = defaults_ic.concurrency
+    deliver_every = kl.get("deliver_every", defaults_kl.deliver_every)
+    if isinstance(deliver_every, bool) or not isinstance(deliver_every, int) or deliver_every < 0:
+        out.add(
+            f"{path}.klaviyo.deliver_every",
+            f"expected a whole number of items, 0 or more (0: deliver after reading), got {deliver_every!r}",
+        )
+        deliver_every = defaults_kl.deliver_every
     intercom = IntercomSettings(
         base_url=_base_url(ic.get("base_url", defaults_ic.base_url), f"{path}.intercom.base_url", out),
         token_env=_string(
@@ -373,6 +389,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
         ),
         revision=_string(kl.get("revision", defaults_kl.revision), f"{path}.klaviyo.revision", out),
         retry_budget=_retry_budget(kl, f"{path}.klaviyo.retry_budget", out),
+        deliver_every=deliver_every,
     )
     streams_raw = body.get("streams", list(STREAMS))
     streams: tuple[str, ...] = STREAMS

@@ -23,10 +23,6 @@ log = logs.get_logger("delivery")
 # itself (a smaller chunk would add requests where bytes are the tighter limit); bounded, so memory is too.
 PROFILE_CHUNK = 30_000
 EVENT_CHUNK = 20_000
-# Items queued since the last early round that start the next one while pages are still being read: enough
-# for several full Klaviyo requests (1,000 events or 10,000 profiles each), so early rounds don't spend the
-# bulk endpoints' 150 requests a minute on part-filled batches.
-DELIVER_EVERY = 5_000
 
 
 class DeliveryProgress(Protocol):

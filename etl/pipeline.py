@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from etl import logs
 from etl.config import JobSettings
 from etl.contacts import CONTACT_CACHE_LIMIT
-from etl.delivery import DELIVER_EVERY, EVENT_CHUNK, PROFILE_CHUNK
+from etl.delivery import EVENT_CHUNK, PROFILE_CHUNK
 from etl.errors import EtlError, Interrupted
 from etl.inference import PROFILED_LIMIT, Inference
 from etl.intercom import IntercomClient
@@ -50,7 +50,6 @@ class Bounds:
     profiled: int = PROFILED_LIMIT
     profile_chunk: int = PROFILE_CHUNK
     event_chunk: int = EVENT_CHUNK
-    deliver_every: int = DELIVER_EVERY
 
 
 @dataclass
@@ -75,6 +74,7 @@ class Services:
         clock: Callable[[], datetime],
         names: Names = DEFAULT_NAMES,
         bounds: Bounds | None = None,
+        deliver_every: int = 0,
     ) -> Sink:
         """Where this run's results go: the outbox and Klaviyo, or NDJSON lines for a dry-run; both apply the
         job's `names` to what they send or print (the outbox keeps the default names)."""
@@ -95,7 +95,7 @@ class Services:
             requeue=options.replay,
             names=names,
             chunks=chunks,
-            deliver_every=bounds.deliver_every,
+            deliver_every=deliver_every,
         )
 
 
@@ -150,7 +150,9 @@ class JobRun:
         self.started = clock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         names = Names(job.metric_names, job.property_names)
-        self.sink = services.sink(job.name, options, sink, clock, names, bounds)
+        self.sink = services.sink(
+            job.name, options, sink, clock, names, bounds, deliver_every=job.klaviyo.deliver_every
+        )
         self.inference = Inference(
             job, services.intercom, self.report, options, self.started, bounds.contact_cache, bounds.profiled
         )

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TextIO
 
 from etl import logs
-from etl.delivery import DELIVER_EVERY, EVENT_CHUNK, PROFILE_CHUNK, DeliveryProgress, EarlyDelivery, deliver
+from etl.delivery import EVENT_CHUNK, PROFILE_CHUNK, DeliveryProgress, EarlyDelivery, deliver
 from etl.errors import EtlError
 from etl.klaviyo import DEFAULT_NAMES, KlaviyoClient, Names, rename
 from etl.lease import LeaseKeeper
@@ -93,11 +93,11 @@ class OutboxSink:
         requeue: bool = False,
         names: Names = DEFAULT_NAMES,
         chunks: tuple[int, int] = (PROFILE_CHUNK, EVENT_CHUNK),
-        deliver_every: int = DELIVER_EVERY,
+        deliver_every: int = 0,
     ) -> None:
         self.store, self.klaviyo, self.job, self.clock = store, klaviyo, job, clock
         self.chunks = chunks  # outbox items per delivery call: (profiles, events)
-        self.deliver_every = deliver_every  # items queued that start an early delivery round while reading
+        self.deliver_every = deliver_every  # items queued that start a delivery round while reading; 0: never
         self.early: EarlyDelivery | None = None
         self.requeue = requeue  # a replay re-queues what was sent before; Klaviyo's dedupe keeps it harmless
         self.names = names  # applied when sending: the outbox keeps the default names (docs/design.md §3.3)
@@ -121,6 +121,10 @@ class OutboxSink:
 
     @contextmanager
     def reading(self, report: RunReport, check_lease: Callable[[], None]) -> Iterator[None]:
+        if not self.deliver_every:
+            yield
+            return
+
         def send_round() -> None:
             self._deliver(report, check_lease, None, upto=self.store.last_outbox_id(self.job))
 

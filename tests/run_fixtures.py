@@ -32,6 +32,9 @@ from etl.sandbox.klaviyo_server import ALL_SCOPES, KlaviyoServer
 from etl.sandbox.klaviyo_store import KlaviyoSettings as SandboxKlaviyoSettings
 from etl.state import StateStore, outbox
 
+# Items queued that start a delivery round while reading: low, so that every run of these small workspaces
+# delivers while it reads (the production default, 5,000, would never be reached here)
+DELIVER_EVERY = 25
 T0 = datetime(2026, 3, 1, tzinfo=UTC)  # the workspace's "now"; months before the real clock
 START_DATE = T0 - timedelta(days=30)
 IC_TOKEN = "ic-SECRET-token-4711"  # sandbox secrets, asserted absent from every output
@@ -100,6 +103,7 @@ class Sandboxes:
         klaviyo: int = 0,
         per_page: int = 10,
         concurrency: int = DEFAULT_CONCURRENCY,
+        deliver_every: int = DELIVER_EVERY,
         **extra: Any,
     ) -> JobSettings:
         return JobSettings(
@@ -107,7 +111,9 @@ class Sandboxes:
             intercom=IntercomSettings(
                 base_url=self.intercom.url, token_env=IC_ENV, per_page=per_page, concurrency=concurrency
             ),
-            klaviyo=KlaviyoSettings(base_url=self.klaviyos[klaviyo].url, api_key_env=KL_ENV),
+            klaviyo=KlaviyoSettings(
+                base_url=self.klaviyos[klaviyo].url, api_key_env=KL_ENV, deliver_every=deliver_every
+            ),
             streams=STREAMS,
             start_date=START_DATE,
             **extra,
@@ -200,7 +206,8 @@ def write_config(path: Path, url: str, *jobs: JobSettings) -> Path:
             f"  {job.name}:",
             f"    intercom: {{base_url: '{job.intercom.base_url}', token_env: {job.intercom.token_env}, "
             f"per_page: {job.intercom.per_page}, concurrency: {job.intercom.concurrency}}}",
-            f"    klaviyo: {{base_url: '{job.klaviyo.base_url}', api_key_env: {job.klaviyo.api_key_env}}}",
+            f"    klaviyo: {{base_url: '{job.klaviyo.base_url}', api_key_env: {job.klaviyo.api_key_env}, "
+            f"deliver_every: {job.klaviyo.deliver_every}}}",
             f"    start_date: {job.start_date.isoformat()}",
         ]
     path.write_text("\n".join(lines) + "\n")
