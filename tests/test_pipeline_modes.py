@@ -160,7 +160,7 @@ def test_interrupted_backfill_resumes_where_it_stopped_and_ends_like_an_uninterr
         assert failed.window["conversations"]["done"] is False
         if readers == 1:  # with four, the lookup of the first page's contacts may be what meets the 429s
             assert failed.window["conversations"]["resume_until"]
-        assert boxes.klaviyo.requests == [] and outbox_rows(store, "shop", status="pending")
+        assert outbox_rows(store, "shop")  # it queued pages (some may have gone out while it read)
 
         before = boxes.searches()
         execute(boxes, store, job, options)
