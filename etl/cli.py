@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from etl.config import JobSettings, Settings
     from etl.state import StateStore
 
-# etl.config, etl.state and etl.lease import SQLAlchemy, requests, YAML and phonenumbers (~0.4 s of CPU):
+# etl.config, etl.state and etl.lease import SQLAlchemy, requests and YAML (~0.4 s of CPU):
 # commands import them when they run, so `etl --help` starts with click alone (docs/bench-results.md)
 
 
