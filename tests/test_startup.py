@@ -1,21 +1,26 @@
-"""Start-up cost: `etl --help` imports click and the light modules only, and a run that finds nothing new in
-Intercom imports only what it uses (no Alembic, no Prometheus client, no phonenumbers, no sandbox).
+"""Start-up cost: `etl --help` imports click and the light modules only; a run that finds nothing new in
+Intercom imports only what it uses (no Alembic, no Prometheus client, no phonenumbers, no sandbox) and keeps
+the garbage collector off what its imports built.
 
-Asserted on the modules a real `etl` process imported, never on timings (docs/bench-results.md has those).
+Asserted on what a real `etl` process imported and froze, never on timings (docs/bench-results.md has those).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import phonenumbers
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from click.testing import CliRunner
 
+from etl.cli import cli
 from etl.profiles import PHONE_REGIONS
 from etl.schema import HEAD_REVISION, MIGRATIONS_DIR
 from tests.run_fixtures import IC_ENV, IC_TOKEN, KL_ENV, KL_KEY, sandboxes, write_config
@@ -34,21 +39,30 @@ ONLY_SOMETIMES = (
 )
 
 
-def etl_modules(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, set[str]]:
-    """Run `etl ARGS` in a fresh interpreter: its exit code, its stderr and every module it imported."""
+@dataclass
+class Probed:
+    code: int
+    stderr: str
+    modules: set[str]  # every module the process imported
+    frozen: int  # objects its cyclic GC no longer walks (gc.freeze)
+
+
+def probe_etl(*args: str, env: dict[str, str] | None = None) -> Probed:
+    """Run `etl ARGS` (as `python -m etl` does) in a fresh interpreter, and look at it when it is done."""
     probe = (
-        "import json, runpy, sys\n"
+        "import gc, json, runpy, sys\n"
         f"sys.argv = ['etl', *{list(args)!r}]\n"
         "code = 0\n"
         "try:\n"
         "    runpy.run_module('etl', run_name='__main__')\n"
         "except SystemExit as exc:\n"
         "    code = exc.code\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
+        "print(json.dumps({'modules': sorted(sys.modules), 'frozen': gc.get_freeze_count()}))\n"
         "sys.exit(code)\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
-    return proc.returncode, proc.stderr, set(json.loads(proc.stdout.splitlines()[-1]))
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    return Probed(proc.returncode, proc.stderr, set(seen["modules"]), seen["frozen"])
 
 
 def test_help_imports_no_io_library() -> None:
@@ -78,17 +92,34 @@ def test_a_run_with_nothing_new_imports_no_alembic_metrics_or_phone_library(tmp_
     env.pop("ETL_DATABASE_URL", None)
     with sandboxes() as boxes:
         config = str(write_config(tmp_path / "jobs.yaml", url, boxes.job()))
-        code, stderr, first = etl_modules("--config", config, "-q", "run", env=env)
-        assert code == 0, stderr
-        assert {"alembic", "phonenumbers"} <= first  # it migrated, and normalised the contacts' phones
+        first = probe_etl("--config", config, "-q", "run", env=env)
+        assert first.code == 0, first.stderr
+        assert {
+            "alembic",
+            "phonenumbers",
+        } <= first.modules  # it migrated, and normalised the contacts' phones
         intercom, klaviyo = len(boxes.intercom.server.requests), len(boxes.klaviyo.requests)
-        code, stderr, second = etl_modules("--config", config, "-q", "run", env=env)
-        assert code == 0, stderr
+        second = probe_etl("--config", config, "-q", "run", env=env)
+        assert second.code == 0, second.stderr
         assert len(boxes.intercom.server.requests) > intercom  # it read Intercom, and found nothing new
         assert len(boxes.klaviyo.requests) == klaviyo  # so it had nothing to send
-    assert stderr == ""  # -q, nothing rejected: cron mails nothing
-    loaded = sorted(m for m in ONLY_SOMETIMES if m in second)
+    assert second.stderr == ""  # -q, nothing rejected: cron mails nothing
+    loaded = sorted(m for m in ONLY_SOMETIMES if m in second.modules)
     assert loaded == []
+
+
+def test_a_run_freezes_what_its_imports_built_but_not_in_a_test_process(tmp_path: Path) -> None:
+    """`etl run` imports its libraries with the cyclic GC off and freezes what they built, so no collection
+    walks those ~50k long-lived objects again (nor the two at interpreter exit); the CLI invoked in-process
+    (CliRunner, as the tests do) leaves the caller's collector alone. Both runs stop at the missing jobs.yaml,
+    after the imports."""
+    missing = str(tmp_path / "missing.yaml")
+    probed = probe_etl("--config", missing, "run")
+    assert probed.code == 2 and "missing.yaml" in probed.stderr
+    assert probed.frozen > 10_000
+    result = CliRunner().invoke(cli, ["--config", missing, "run"])
+    assert result.exit_code == 2, result.output
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
 
 
 def test_the_head_revision_a_run_compares_with_is_alembics_head() -> None:
