@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import phonenumbers
 import sqlalchemy as sa
 import yaml
 
@@ -28,7 +27,7 @@ from etl.http import DEFAULT_RETRY_BUDGET
 from etl.intercom import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, MAX_PER_PAGE
 from etl.limits import MAX_METRIC_NAME_LENGTH
 from etl.models import STREAMS
-from etl.profiles import PROFILE_PROPERTY_KEYS
+from etl.profiles import PHONE_REGIONS, PROFILE_PROPERTY_KEYS
 from etl.schema import redact_url
 
 DEFAULT_DATABASE_URL = "sqlite:///etl-state.db"  # relative to the directory of jobs.yaml
@@ -404,7 +403,7 @@ def _job(name: str, raw: Any, out: _Collector) -> JobSettings | None:
         else:
             streams = tuple(s for s in STREAMS if s in streams_raw)  # always read in flow order
     region = body.get("default_phone_region", "US")
-    if not isinstance(region, str) or region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+    if not isinstance(region, str) or region.upper() not in PHONE_REGIONS:
         out.add(
             f"{path}.default_phone_region", f"expected a two-letter region code like US or DE, got {region!r}"
         )

@@ -16,17 +16,19 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
-
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from etl import logs
 from etl.errors import UsageError
 from etl.models import STREAMS, RunReport
+
+if (
+    TYPE_CHECKING
+):  # prometheus_client (~0.1 s of CPU to import) loads only for --metrics-file or --pushgateway
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 log = logs.get_logger("metrics")
 PUSH_TIMEOUT_SECONDS = 10.0  # one push to the Pushgateway; prometheus_client's default is 30 s
@@ -44,6 +46,8 @@ SERIES = (
 
 def registry_of(results: Sequence[tuple[RunReport, int]], store: Any) -> CollectorRegistry:
     """The series of these runs (a report and its exit code each); the last success is read from the runs table."""
+    from prometheus_client import CollectorRegistry, Gauge
+
     registry = CollectorRegistry()
     gauges = {
         name: Gauge(name, text, ["job", "mode", *extra], registry=registry) for name, text, extra in SERIES
@@ -86,6 +90,8 @@ def check_metrics_file(path: str) -> None:
 
 def write_metrics(path: str, results: Sequence[tuple[RunReport, int]], store: Any) -> None:
     """Replace these runs' (job, mode) series in the file, keep every other series in it, write atomically."""
+    from prometheus_client import write_to_textfile
+
     fresh = list(registry_of(results, store).collect())
     ours: set[tuple[str, str]] = {(report.job, report.mode) for report, _ in results}
     with _folder_locked(path):  # two cron lines finishing together must not drop each other's update
@@ -121,6 +127,8 @@ def _read(path: str) -> list[Metric]:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    from prometheus_client.parser import text_string_to_metric_families
+
     try:
         return list(text_string_to_metric_families(text))
     except ValueError as exc:
@@ -134,6 +142,8 @@ def _read(path: str) -> list[Metric]:
 def _merge(old: list[Metric], fresh: list[Metric], ours: set[tuple[str, str]]) -> list[Metric]:
     """`fresh` plus every old sample that is not of one of `ours` (job, mode); an old sample of one of our jobs
     without a mode label was written before series had one, and goes too."""
+    from prometheus_client.metrics_core import Metric
+
     jobs = {job for job, _ in ours}
 
     def replaced(labels: dict[str, str]) -> bool:
@@ -173,6 +183,8 @@ def push_metrics(
 
     Returns one message per push that failed, each naming the job and the Pushgateway's host.
     """
+    from prometheus_client import push_to_gateway
+
     host = _host(url)
     problems = []
     for report, code in results:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
 
 from etl.errors import LockHeld, StateError
 from etl.models import OutboxEntry, Snapshot
@@ -307,3 +308,11 @@ def test_prune_deletes_only_old_sent_items(store: StateStore) -> None:
     left = {i["unique_id"]: i["status"] for i in store.outbox_items("j", None, 10)}
     assert left == {"u1": "sent", "u2": "failed", "u3": "pending"}
     assert store.outbox_counts("other") == {"sent": 1}  # another job's items are untouched
+
+
+def test_a_version_table_with_two_revisions_is_alembics_own_error(store: StateStore) -> None:
+    """The revision is read with one query; several rows (branches) still end in Alembic's error, as before."""
+    with store.transaction() as conn:
+        conn.execute(sa.text("INSERT INTO alembic_version (version_num) VALUES ('0001')"))
+    with pytest.raises(CommandError, match="more than one head"):
+        store.current_revision()
