@@ -14,7 +14,13 @@ Policy (docs/design.md §5, §6):
   the caller's error class says what kept failing, for how long, and which setting waits longer;
 - never retry any other 4xx: it is classified into the caller's error class with a one-line message;
 - every retry is logged (a failure at warning, a 429's wait at info) with the API's host, the request and the
-  reason, never a credential; a connection refused or a host not found to the end says to check `base_url`.
+  reason, never a credential; a connection refused or a host not found to the end says to check `base_url`;
+- never exceed the API's documented rate limit ourselves: a client given `rate_limits` reserves each try's
+  moment with its `etl.pacing.Pacer` (one per client, shared by its threads) and waits for it, so a concurrent
+  run paces instead of provoking 429s (which are still waited out: other clients may share the budget).
+One client may be used by several threads at once: at most `concurrency` requests are in flight (the others
+wait their turn), the connection pool keeps that many connections and a few spare, and the counters are
+updated under a lock. The retry state, its budget and its log lines belong to each request.
 tenacity drives the loop (retry/stop/wait/sleep hooks); the waits are computed here because tenacity's wait
 strategies count every attempt, 429s included, and its delay-based stops read `time.monotonic`, not `clock`.
 `sleep` and `clock` are injected so tests never patch time.
@@ -23,10 +29,12 @@ strategies count every attempt, 429s included, and its delay-based stops read `t
 from __future__ import annotations
 
 import http.client
+import math
 import random
 import socket
+import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from email.utils import parsedate_to_datetime
@@ -34,10 +42,12 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying
 
 from etl import logs
 from etl.errors import EtlError
+from etl.pacing import Limits, Pacer
 
 DEFAULT_TIMEOUT = (5.0, 60.0)  # (connect, read) seconds; every request has one
 DEFAULT_RETRY_BUDGET = timedelta(minutes=10)  # docs/design.md §5: how long one request may keep failing
@@ -47,6 +57,7 @@ DEFAULT_THROTTLE_WAIT = 1.0  # a 429 that names no wait: Klaviyo's burst window 
 BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_JITTER = 0.5, 20.0, 0.5  # seconds: 0.5, 1, 2, … 20, plus up to 0.5
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 REFUSED, NOT_FOUND = "connection refused", "host not found"  # reasons that point at a wrong base_url
+SPARE_CONNECTIONS = 2  # pooled beyond `concurrency`: a connection being closed never makes a new one wait
 
 log = logs.get_logger("http")
 
@@ -56,12 +67,17 @@ class EnvOnceSession(requests.Session):
 
     requests reads `os.environ` (`*_proxy`, `no_proxy`, `REQUESTS_CA_BUNDLE`) again for every request: on a
     first sync of 10k objects that was about 7% of the process's CPU (docs/bench-results.md). A run's
-    environment does not change while it runs, so the answer for one (scheme, host) is kept.
+    environment does not change while it runs, so the answer for one (scheme, host) is kept; threads sharing
+    the session share the answers (a lock keeps the cache whole; two first readers may both compute one).
+
+    Several threads may send through one session: it talks to one host, so urllib3's pool manager never
+    evicts a pool another thread is using (psf/requests#1871), and the cookie jar locks itself.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._settings: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._settings_lock = threading.Lock()
 
     def merge_environment_settings(
         self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
@@ -69,21 +85,42 @@ class EnvOnceSession(requests.Session):
         if proxies or not isinstance(url, str):  # per-request proxies: requests' own merge, as before
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
         key = (urlsplit(url)[:2], stream, verify, cert, self.trust_env)
-        if key not in self._settings:
-            self._settings[key] = dict(super().merge_environment_settings(url, proxies, stream, verify, cert))
-        found = self._settings[key]
+        with self._settings_lock:
+            found = self._settings.get(key)
+        if found is None:
+            merged = dict(super().merge_environment_settings(url, proxies, stream, verify, cert))
+            with self._settings_lock:
+                found = self._settings.setdefault(key, merged)
         return {**found, "proxies": dict(found["proxies"])}  # requests may change what it is given
 
 
 @dataclass
 class CallStats:
-    """What the policy did, for run history and metrics."""
+    """What the policy did, for run history and metrics; `add` counts, under a lock (threads share a client)."""
 
     calls: int = 0
     retries: int = 0
     throttled: int = 0  # 429 responses
-    waited_seconds: float = 0.0
+    waited_seconds: float = 0.0  # backoffs, 429 waits and pacing
     by_status: dict[int, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def add(
+        self,
+        *,
+        calls: int = 0,
+        retries: int = 0,
+        throttled: int = 0,
+        waited: float = 0.0,
+        status: int | None = None,
+    ) -> None:
+        with self._lock:
+            self.calls += calls
+            self.retries += retries
+            self.throttled += throttled
+            self.waited_seconds += waited
+            if status is not None:
+                self.by_status[status] = self.by_status.get(status, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -246,6 +283,9 @@ class HttpClient:
         budget_setting: str = "",  # the jobs.yaml key that raises the budget, for the give-up message
         base_url_setting: str = "",  # the jobs.yaml key of the URL, for "refused the connection"
         throttle_wait: float = DEFAULT_THROTTLE_WAIT,  # first wait after a 429 that names none
+        # (method, path) -> (rate-limit bucket, its documented limits): paces every try (etl.pacing)
+        rate_limits: Callable[[str, str], tuple[Hashable, Limits]] | None = None,
+        concurrency: int = 1,  # requests in flight at most, from however many threads
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[float, float], float] = random.uniform,
@@ -268,16 +308,25 @@ class HttpClient:
         self.stats = CallStats()
         self.session = session or EnvOnceSession()
         self.session.headers.update(headers)
+        self.concurrency = max(1, concurrency)
+        # requests' default pool keeps 10 connections per host: more threads than that would each open a
+        # connection and discard it afterwards ("Connection pool is full"), a TCP handshake per request
+        for prefix in ("https://", "http://"):
+            adapter = HTTPAdapter(pool_maxsize=self.concurrency + SPARE_CONNECTIONS)
+            self.session.mount(prefix, adapter)
+        self._in_flight = threading.BoundedSemaphore(self.concurrency)
+        self.pacer = Pacer(rate_limits) if rate_limits is not None else None
         self._not_before = 0.0  # clock time before which the next request must not start (pacing)
+        self._not_before_lock = threading.Lock()
 
     def close(self) -> None:
         self.session.close()
 
     # -- the policy -------------------------------------------------------------------------------
-    def _pause(self, seconds: float) -> None:
-        seconds = min(max(seconds, 0.0), MAX_WAIT_SECONDS)
+    def _pause(self, seconds: float, *, most: float = MAX_WAIT_SECONDS) -> None:
+        seconds = min(max(seconds, 0.0), most)
         if seconds > 0:
-            self.stats.waited_seconds += seconds
+            self.stats.add(waited=seconds)
             self.sleep(seconds)
 
     def _backoff(self, retries: _Retries) -> float:
@@ -318,7 +367,7 @@ class HttpClient:
             if retries.since is None:
                 retries.since = self.clock()
             if exc.throttled:
-                self.stats.throttled += 1
+                self.stats.add(throttled=1)
                 retries.unhinted += exc.wait is None
             else:
                 retries.failures += 1
@@ -337,10 +386,9 @@ class HttpClient:
             return max(chosen, MIN_THROTTLE_WAIT) if retries.last and retries.last.throttled else chosen
 
         def before_sleep(state: RetryCallState) -> None:
-            self.stats.retries += 1
             # tenacity's own sleep is our injected `sleep`; count the wait it is about to do
             seconds = state.next_action.sleep if state.next_action is not None else 0.0
-            self.stats.waited_seconds += seconds
+            self.stats.add(retries=1, waited=seconds)
             self._log_retry(method, url, retries, seconds)
 
         retrying = Retrying(
@@ -348,7 +396,7 @@ class HttpClient:
         )
         try:
             for attempt in retrying:
-                with attempt:
+                with attempt, self._in_flight:  # the backoff between tries holds no place
                     return self._send_once(method, url, json, params, data, accept, headers)
         except _Transient as exc:
             host = host_of(url)
@@ -398,7 +446,11 @@ class HttpClient:
         headers: Mapping[str, str] | None,
     ) -> Reply:
         self._pause(self._not_before - self.clock())
-        self.stats.calls += 1
+        if self.pacer is not None:
+            # the reservation is made once this request holds its place in flight and is sent right after
+            # the wait: a request sent later than its moment could crowd a window (etl.pacing)
+            self._pause(self.pacer.take(method, urlsplit(url).path, self.clock()), most=math.inf)
+        self.stats.add(calls=1)
         try:
             response = self.session.request(
                 method, url, json=json, params=params, data=data, timeout=self.timeout, headers=headers
@@ -412,12 +464,13 @@ class HttpClient:
                 f"{self.service} request failed: {logs.scrub(type(exc).__name__, self.secrets)}"
             ) from None
         status = response.status_code
-        self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+        self.stats.add(status=status)
         now = self.clock()
         server_now = server_time(response.headers, now)  # resets are the server's times, not ours
         if budget_spent(response.headers):
             wait = reset_wait(response.headers, server_now)
-            self._not_before = now + (wait if wait is not None else 1.0)
+            with self._not_before_lock:  # another thread may have learnt of a later reset
+                self._not_before = max(self._not_before, now + (wait if wait is not None else 1.0))
         if status == 429:
             raise _Transient("HTTP 429", reset_wait(response.headers, server_now), throttled=True)
         if status in RETRYABLE_STATUSES:

@@ -5,7 +5,8 @@ the outbox stores, in the job's canonical form (default metric names and propert
 one into the job's configured names (`Names`), which is what dry-run prints and what is sent, so a fixed
 configuration also applies to items queued or failed before (docs/design.md §3.3).
 `KlaviyoClient.send_profiles` / `send_events` deliver outbox items and say, per outbox id, whether Klaviyo
-accepted it. Retries, pacing and 429s are `etl.http`'s one policy; a 400
+accepted it. Retries, pacing and 429s are `etl.http`'s one policy, paced to each endpoint's own rate limit
+(`rate_limits`); a 400
 whose error pointers name items fails those items and the rest is resent; a 400 naming no item (or a 413)
 is split until the items Klaviyo refuses are isolated (`_resend`); an error about a request parameter and
 any other 4xx stop the delivery with a `KlaviyoError`, leaving the items pending. `KlaviyoClient.metrics`
@@ -25,7 +26,7 @@ from typing import Any
 from etl import logs
 from etl.errors import KlaviyoError
 from etl.http import DEFAULT_RETRY_BUDGET, ApiClient, HttpClient, Reply
-from etl.klaviyo_aggregates import AGGREGATES_PATH, SlidingWindows, aggregate_query, daily_values
+from etl.klaviyo_aggregates import AGGREGATES_LIMITS, AGGREGATES_PATH, aggregate_query, daily_values
 from etl.klaviyo_batches import (
     EventBatch,
     ProfileBatch,
@@ -33,6 +34,7 @@ from etl.klaviyo_batches import (
     cut_profile_batches,
 )
 from etl.models import Event, OutboxItem, Profile, iso_z
+from etl.pacing import Limits
 
 log = logs.get_logger("klaviyo")
 
@@ -48,6 +50,20 @@ METRICS_PATH = "/api/metrics"  # get_metrics: 200 a page, no page[size] (spec)
 API_CATEGORY = "API"  # integration.category of the metrics that events sent through the API land in
 POLL_INTERVAL_SECONDS = 2.0  # between import-job status checks; a job of 10,000 profiles takes seconds
 JOB_TIMEOUT_SECONDS = 900.0  # give up waiting for one import job after this long (its items stay pending)
+# burst 10/s, steady 150/m: the spec's x-klaviyo-ratelimit of every operation this client calls (bulk event
+# create, bulk profile import and its job, jobs and import-errors reads, get_metrics) but metric-aggregates
+ENDPOINT_LIMITS: Limits = ((10, 1.0), (150, 60.0))
+CONCURRENCY = 4  # requests one client keeps in flight at most: 10 a second leave no use for more
+
+
+def rate_limits(method: str, path: str) -> tuple[str, Limits]:
+    """The rate-limit bucket of a request and its limits: Klaviyo limits each endpoint (operation) of an
+    account on its own (rate limits guide; the spec states them per operation), so a job id in the path is
+    one endpoint's parameter, not an endpoint of its own."""
+    path = path.rstrip("/")
+    if path.startswith(f"{IMPORT_JOBS_PATH}/"):
+        path = f"{IMPORT_JOBS_PATH}/{{id}}" + ("/import-errors" if path.endswith("/import-errors") else "")
+    return f"{method} {path}", AGGREGATES_LIMITS if path == AGGREGATES_PATH else ENDPOINT_LIMITS
 
 
 @dataclass(frozen=True)
@@ -307,6 +323,8 @@ class KlaviyoClient(ApiClient):
             # a 429 without Retry-After: Klaviyo's burst window is 1 s, its steady one 1 min; the wait
             # doubles from the one towards the other ("rate limits, status codes, and errors" guide)
             throttle_wait=1.0,
+            rate_limits=rate_limits,
+            concurrency=CONCURRENCY,
             sleep=sleep,
             clock=clock,
         )
@@ -314,7 +332,6 @@ class KlaviyoClient(ApiClient):
         self.clock = clock
         self.poll_interval = poll_interval
         self.job_timeout = job_timeout
-        self._aggregates_pacing = SlidingWindows()
 
     def check(self) -> None:
         """One cheap authenticated read (the newest import job): raises KlaviyoError if key or revision is refused.
@@ -376,11 +393,7 @@ class KlaviyoClient(ApiClient):
     def metric_aggregates(self, metric_id: str, since: datetime, until: datetime) -> dict[date, int]:
         """How many events of the metric Klaviyo counts per UTC day of `[since, until)` (days without any
         are left out): one `POST /api/metric-aggregates` (measurement `count`, interval `day`, timezone UTC),
-        paced to that endpoint's own rate limit (burst 3/s, steady 60/m)."""
-        wait = self._aggregates_pacing.wait(self.clock())
-        if wait > 0:
-            self.sleep(wait)
-        self._aggregates_pacing.record(self.clock())
+        paced to that endpoint's own rate limit (burst 3/s, steady 60/m: `rate_limits`)."""
         reply = self.http.request("POST", AGGREGATES_PATH, data=aggregate_query(metric_id, since, until))
         try:
             return daily_values(reply.body)

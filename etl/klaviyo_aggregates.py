@@ -9,22 +9,19 @@ one row per dimension combination (one row without `by`) whose `measurements` ma
 of values parallel to `dates`.
 
 The endpoint allows burst 3/s and steady 60/m (spec `x-klaviyo-ratelimit`), far below the bulk endpoints'
-10/s and 150/m, and our shared HTTP policy only slows down once the server says the budget is spent; so the
-client paces these requests itself (`SlidingWindows`), and reconcile asks once per metric over its whole
-window, never once per day.
+10/s and 150/m: the client paces its requests to that limit (`etl.klaviyo.rate_limits`, `etl.pacing`), and
+reconcile asks once per metric over its whole window, never once per day.
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
 AGGREGATES_PATH = "/api/metric-aggregates"
 AGGREGATES_LIMITS = ((3, 1.0), (60, 60.0))  # (requests, per seconds): spec x-klaviyo-ratelimit burst / steady
-PACING_MARGIN = 0.1  # seconds beyond each window: the server counts arrivals, a little after our clock
 
 
 def aggregate_query(metric_id: str, since: datetime, until: datetime, *, measurement: str = "count") -> bytes:
@@ -76,28 +73,3 @@ def daily_values(body: Any, measurement: str = "count") -> dict[date, int]:
             if value:  # Klaviyo sends counts as floats (3.0)
                 found[day] = found.get(day, 0) + round(float(value))
     return found
-
-
-class SlidingWindows:
-    """Client-side pacing for a limit of several sliding windows, e.g. 3 a second and 60 a minute."""
-
-    def __init__(
-        self, limits: tuple[tuple[int, float], ...] = AGGREGATES_LIMITS, margin: float = PACING_MARGIN
-    ):
-        self.limits, self.margin = limits, margin
-        self.sent: deque[float] = deque()
-
-    def wait(self, now: float) -> float:
-        """Seconds to wait at `now` before the next request may go."""
-        longest = max(span for _, span in self.limits)
-        while self.sent and self.sent[0] <= now - longest - self.margin:
-            self.sent.popleft()
-        wait = 0.0
-        for count, span in self.limits:
-            recent = [t for t in self.sent if t > now - span - self.margin]
-            if len(recent) >= count:
-                wait = max(wait, recent[-count] + span + self.margin - now)
-        return wait
-
-    def record(self, now: float) -> None:
-        self.sent.append(now)

@@ -73,6 +73,7 @@ def build_services(
         version=job.intercom.version,
         per_page=job.intercom.per_page,
         retry_budget=job.intercom.retry_budget,
+        concurrency=job.intercom.concurrency,
     )
     klaviyo = None
     if not dry_run:

@@ -28,6 +28,31 @@ def restore_etl_logger() -> Iterator[None]:
     logger.setLevel(saved[2])
 
 
+class _PoolOverflow(logging.Handler):
+    """Collects urllib3's "Connection pool is full, discarding connection" lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "pool is full" in record.getMessage():
+            self.lines.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def no_connection_pool_overflow() -> Iterator[None]:
+    """A test in which more threads share a client than its connection pool keeps fails: urllib3 only logs
+    the overflow (a log line, not a warning `filterwarnings = error` would catch) and opens a new connection
+    for every request past the pool's size."""
+    handler = _PoolOverflow()
+    logger = logging.getLogger("urllib3.connectionpool")
+    logger.addHandler(handler)
+    yield
+    logger.removeHandler(handler)
+    assert handler.lines == [], handler.lines[:3]
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     """An admin URL of a PostgreSQL server: ETL_TEST_POSTGRES_URL, else a throwaway local server."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,8 @@ from etl.config import (
     secrets_for,
 )
 from etl.errors import ConfigError
+from etl.http import SPARE_CONNECTIONS
+from etl.intercom import DEFAULT_CONCURRENCY
 from etl.runner import build_services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,6 +306,25 @@ def test_retry_budget_per_api_defaults_to_10m_is_validated_and_reaches_the_clien
         "jobs.shop.intercom.retry_budget: must be at least 10s so a request can wait out a rate limit",
         "jobs.shop.klaviyo.retry_budget: expected a duration like 15m, got 'forever'",
     ]
+
+
+def test_intercom_concurrency_is_1_to_16_default_4_and_reaches_the_runs_client() -> None:
+    """`intercom.concurrency` bounds the Intercom requests a run keeps in flight: default 4, a whole number
+    from 1 to 16; `etl run` builds its client with it, and a connection pool a little larger."""
+    assert parse_settings(GOOD, {}).jobs["shop"].intercom.concurrency == DEFAULT_CONCURRENCY == 4
+    job = parse_settings(GOOD.replace("per_page: 50}", "per_page: 50, concurrency: 7}"), {}).jobs["shop"]
+    services = build_services(job, None, dry_run=True, environ={"IC_TOKEN": "ic-concurrency-test-token"})
+    try:
+        http = services.intercom.http
+        assert (job.intercom.concurrency, services.intercom.concurrency, http.concurrency) == (7, 7, 7)
+        adapter: Any = http.session.get_adapter(job.intercom.base_url)
+        assert adapter._pool_maxsize == 7 + SPARE_CONNECTIONS
+    finally:
+        services.close()
+    for bad in ("0", "17", "true", "2.5"):
+        assert problems(GOOD.replace("per_page: 50}", f"per_page: 50, concurrency: {bad}}}")) == [
+            f"jobs.shop.intercom.concurrency: expected a whole number from 1 to 16, got {bad.replace('true', 'True')}"
+        ]
 
 
 @pytest.mark.parametrize(
