@@ -119,12 +119,18 @@ class Sandboxes:
             **extra,
         )
 
-    def services(self, store: StateStore | None, klaviyo: int | None = 0, per_page: int = 10) -> Services:
+    def services(
+        self,
+        store: StateStore | None,
+        klaviyo: int | None = 0,
+        per_page: int = 10,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> Services:
         """Clients as the CLI builds them, but on a FastTime each (`intercom_time`, `klaviyo_time`: the
         latest ones, with their waits) and with no poll interval."""
         self.intercom_time, self.klaviyo_time = FastTime(), FastTime()
         intercom = IntercomClient(
-            self.intercom.url, IC_TOKEN, token_env=IC_ENV, per_page=per_page,
+            self.intercom.url, IC_TOKEN, token_env=IC_ENV, per_page=per_page, concurrency=concurrency,
             sleep=self.intercom_time.sleep, clock=self.intercom_time.clock,
         )  # fmt: skip
         client = None
@@ -148,7 +154,7 @@ def execute(
     boxes: Sandboxes, store: StateStore, job: JobSettings, options: RunOptions, klaviyo: int = 0
 ) -> None:
     """One run of the job with fast clients, closed afterwards."""
-    services = boxes.services(store, klaviyo=klaviyo)
+    services = boxes.services(store, klaviyo=klaviyo, concurrency=job.intercom.concurrency)
     try:
         JobRun(job, options, services, clock=boxes.clock).execute()
     finally:

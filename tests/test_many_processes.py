@@ -111,10 +111,11 @@ def test_incremental_run_and_four_slices_at_once_deliver_what_one_run_does(
         migrated = StateStore(url)
         migrated.upgrade()  # as the migration Job does before any CronJob runs (PostgreSQL is never auto-migrated)
         migrated.close()
+        # one reader per process: the gate counts requests, and a run's readers would fill it on their own
         ref, shop, other = (
-            boxes.job("ref", klaviyo=0),
-            boxes.job("shop", klaviyo=1),
-            boxes.job("other", klaviyo=2),
+            boxes.job("ref", klaviyo=0, concurrency=1),
+            boxes.job("shop", klaviyo=1, concurrency=1),
+            boxes.job("other", klaviyo=2, concurrency=1),
         )
         config = write_jobs(tmp_path / "jobs.yaml", url, ref, shop, other)
 

@@ -177,7 +177,7 @@ def test_concurrent_readers_and_early_delivery_give_what_one_reader_delivering_a
         boxes.klaviyo.on_request = note
         execute(boxes, store, boxes.job("shop", concurrency=4, deliver_every=10), RunOptions())
         last = len(boxes.intercom.server.requests)
-        assert 2 <= boxes.intercom.server.peak_in_flight <= 4 + 4  # readers, and the writer's lookups
+        assert 2 <= boxes.intercom.server.peak_in_flight <= 4  # readers and lookups share the one limit
         assert seen_at and min(seen_at) < last  # Klaviyo was sent to while Intercom was still being read
         assert klaviyo_content(boxes.klaviyo) == klaviyo_content(boxes.klaviyos[1]) != (set(), {})
         assert events_posted(boxes.klaviyo) == len(boxes.klaviyo.events)  # no event sent twice
