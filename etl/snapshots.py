@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from etl.codec import canonical
 from etl.errors import IntercomError
 from etl.models import Snapshot
 
@@ -56,12 +56,16 @@ def referenced_contact_ids(snapshot: Snapshot) -> list[str]:
 
 
 def digest(data: Mapping[str, Any]) -> str:
-    """sha256 of canonical JSON (sorted keys, no whitespace): equal for equal data whatever the key order."""
-    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+    """sha256 of canonical JSON (sorted keys, no whitespace): equal for equal data whatever the key order.
+
+    The bytes are those the standard library's `json.dumps(sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)` writes, whichever encoder `etl.codec.canonical` uses: stored digests stay valid."""
+    return hashlib.sha256(canonical(data)).hexdigest()
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The canonical JSON of a value as text (what `digest` hashes, encoded as UTF-8)."""
+    return canonical(value).decode()
 
 
 def to_datetime(epoch: int) -> datetime:
@@ -104,14 +108,20 @@ def clean_text(value: str) -> str:
 
 def clean_json(value: Any) -> Any:
     """A private copy of a JSON value with every string and key passed through `clean_text`."""
+    kind = type(value)
+    if kind is str:
+        return clean_text(value)
+    if kind is int or kind is bool or value is None:  # immutable: shared, not copied
+        return value
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, Mapping):
         return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [clean_json(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # Python's JSON reader takes NaN and Infinity; JSON itself, jsonb and Klaviyo do not
+    if isinstance(value, float):
+        # Python's JSON reader takes NaN and Infinity; JSON itself, jsonb and Klaviyo do not
+        return value if math.isfinite(value) else None
     return copy.deepcopy(value)
 
 

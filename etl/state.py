@@ -6,7 +6,6 @@ SQLite by default, PostgreSQL in production; every statement here runs on both.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from etl import codec
 from etl.errors import LockHeld, StateError
 from etl.models import OutboxEntry, OutboxItem, Snapshot
 from etl.schema import Migrations, describe_error, redact_url
@@ -505,19 +505,27 @@ class StateStore(Migrations):
 
 
 def _engine(url: str, read_only: bool) -> Engine:
+    # JSON columns (payloads, snapshots, runs) through orjson: compact UTF-8 text, read back as json.loads
+    # would read it (etl.codec); rows written by earlier versions (json.dumps' spacing) read the same
+    json_io = {"json_serializer": codec.dumps_text, "json_deserializer": codec.loads}
     if url.startswith("sqlite"):
         database = sa.make_url(url).database
         if read_only and database and database != ":memory:":
             import sqlite3
 
             uri = f"file:{Path(database).resolve()}?mode=ro"
-            return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=30))
-        engine = sa.create_engine(url, connect_args={"timeout": 30})  # wait for a writer, don't fail at once
+            return sa.create_engine(
+                "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=30), **json_io
+            )
+        # wait for a writer, don't fail at once
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, **json_io)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if read_only:
-        return sa.create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
-    return sa.create_engine(url)
+        return sa.create_engine(
+            url, connect_args={"options": "-c default_transaction_read_only=on"}, **json_io
+        )
+    return sa.create_engine(url, **json_io)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -529,7 +537,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _json(value: Any) -> Any:
     """JSON columns come back parsed on both dialects; tolerate text from older drivers."""
-    return json.loads(value) if isinstance(value, str) else value
+    return codec.loads(value) if isinstance(value, str) else value
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
