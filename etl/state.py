@@ -263,13 +263,18 @@ class StateStore(Migrations):
                     .values(status="sent", sent_at=now, attempts=outbox.c.attempts + 1, last_error=None,
                             delivery_run_id=run_id)
                 )  # fmt: skip
+            # one statement per distinct error text (a rejected batch's items often share one), not per item
+            by_error: dict[str, list[int]] = {}
             for item_id, error in failed.items():
-                conn.execute(
-                    sa.update(outbox)
-                    .where(outbox.c.id == item_id)
-                    .values(status="failed", attempts=outbox.c.attempts + 1, last_error=error[:2000],
-                            delivery_run_id=run_id)
-                )  # fmt: skip
+                by_error.setdefault(error[:2000], []).append(item_id)
+            for error, ids in by_error.items():
+                for chunk in _chunks(ids, MAX_IDS_PER_STATEMENT):
+                    conn.execute(
+                        sa.update(outbox)
+                        .where(outbox.c.id.in_(chunk))
+                        .values(status="failed", attempts=outbox.c.attempts + 1, last_error=error,
+                                delivery_run_id=run_id)
+                    )  # fmt: skip
 
     def outbox_items(self, job: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         query = sa.select(

@@ -307,3 +307,25 @@ def test_prune_deletes_only_old_sent_items(store: StateStore) -> None:
     left = {i["unique_id"]: i["status"] for i in store.outbox_items("j", None, 10)}
     assert left == {"u1": "sent", "u2": "failed", "u3": "pending"}
     assert store.outbox_counts("other") == {"sent": 1}  # another job's items are untouched
+
+
+def test_mark_delivered_fails_items_one_statement_per_error_text(store: StateStore) -> None:
+    """1,203 rejected items with three error texts (one longer than the 2,000 characters kept) are marked
+    failed with their own text in one statement per text and 500 ids, not one statement per item."""
+    with store.transaction() as conn:
+        store.enqueue(conn, "j", [OutboxEntry("event", f"e{i}", {}) for i in range(1_204)], None, T0)
+    items = store.pending("j", "event", limit=1_204)
+    long = "x" * 2_500
+    texts = {item.id: ("bad email", "bad phone", long)[n % 3] for n, item in enumerate(items[1:])}
+    with largest_statement(store) as bound:
+        store.mark_delivered([items[0].id], texts, T0, run_id=9)
+    # sent: 1; failed: 401 per text, so ceil(401 / 500) = 1 statement each
+    assert len(bound) == 1 + 3 and max(bound) <= MAX_IDS_PER_STATEMENT + 5
+    with store.transaction() as conn:
+        rows = conn.execute(sa.select(outbox.c.id, outbox.c.status, outbox.c.last_error, outbox.c.attempts,
+                                      outbox.c.delivery_run_id)).all()  # fmt: skip
+    got = {r.id: (r.status, r.last_error, r.attempts, r.delivery_run_id) for r in rows}
+    expected = {i: ("failed", t[:2_000], 1, 9) for i, t in texts.items()} | {
+        items[0].id: ("sent", None, 1, 9)
+    }
+    assert got == expected
