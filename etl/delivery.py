@@ -22,6 +22,11 @@ log = logs.get_logger("delivery")
 # itself (a smaller chunk would add requests where bytes are the tighter limit); bounded, so memory is too.
 PROFILE_CHUNK = 30_000
 EVENT_CHUNK = 20_000
+# ... and at most this many bytes of stored payload per delivery call, whatever the payloads' size: read back,
+# a payload is a tree of Python objects ~5x its text (an 800-byte event: ~4 KB), so a chunk holds ~40 MB at
+# most. ~10,000 typical events: ten full bulk requests (1,000 events each), so the partial last request of a
+# chunk costs little
+CHUNK_BYTES = 8_000_000
 
 
 class DeliveryProgress(Protocol):
@@ -58,7 +63,7 @@ def deliver(
         ("event", chunks[1], klaviyo.send_events),
     ):
         after = 0
-        while items := store.pending(job, kind, limit=chunk, after_id=after):
+        while items := store.pending(job, kind, limit=chunk, after_id=after, max_bytes=CHUNK_BYTES):
             check_lease()
             result = send(items, names)
             store.mark_delivered(result.sent, result.failed, clock(), run_id=run_id)

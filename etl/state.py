@@ -238,17 +238,54 @@ class StateStore(Migrations):
                     found.update((kind, r.unique_id) for r in rows)
         return found
 
-    def pending(self, job: str, kind: str, *, limit: int, after_id: int = 0) -> list[OutboxItem]:
-        """The next pending items of one kind, in queue order, at most `limit`."""
+    def pending(
+        self, job: str, kind: str, *, limit: int, after_id: int = 0, max_bytes: int | None = None
+    ) -> list[OutboxItem]:
+        """The next pending items of one kind, in queue order, at most `limit`; with `max_bytes`, only as many
+        as have that many bytes of stored payload between them, and always at least one.
+
+        The budget is what bounds a chunk's memory whatever the payloads' size: a payload read back is a tree
+        of Python objects several times its text. The sizes are read first (ids and lengths only, streamed
+        until the budget is spent), then the payloads of the items that fit.
+        """
+        where = (
+            outbox.c.job == job,
+            outbox.c.kind == kind,
+            outbox.c.status == "pending",
+            outbox.c.id > after_id,
+        )
+        query = (
+            sa.select(outbox.c.id, outbox.c.kind, outbox.c.unique_id, outbox.c.payload, outbox.c.attempts)
+            .where(*where)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
         with self.transaction() as conn:
-            rows = conn.execute(
-                sa.select(outbox.c.id, outbox.c.kind, outbox.c.unique_id, outbox.c.payload, outbox.c.attempts)
-                .where(outbox.c.job == job, outbox.c.kind == kind, outbox.c.status == "pending",
-                       outbox.c.id > after_id)
-                .order_by(outbox.c.id)
-                .limit(limit)
-            )  # fmt: skip
+            if max_bytes is not None:
+                last = None
+                spent = 0
+                sizes = conn.execute(
+                    sa.select(outbox.c.id, self._payload_bytes())
+                    .where(*where)
+                    .order_by(outbox.c.id)
+                    .limit(limit)
+                )
+                for item_id, size in sizes:
+                    if last is not None and spent + size > max_bytes:
+                        break
+                    last, spent = item_id, spent + size
+                sizes.close()
+                if last is None:
+                    return []
+                query = query.where(outbox.c.id <= last)
+            rows = conn.execute(query)
             return [OutboxItem(r.id, job, r.kind, r.unique_id, _json(r.payload), r.attempts) for r in rows]
+
+    def _payload_bytes(self) -> sa.ColumnElement[int]:
+        """The size of a stored payload in bytes: its text (SQLite) or jsonb's text of it (PostgreSQL)."""
+        if self.dialect == "postgresql":
+            return sa.func.octet_length(sa.cast(outbox.c.payload, sa.Text))
+        return sa.func.length(sa.cast(outbox.c.payload, sa.LargeBinary))  # BLOB: bytes, not characters
 
     def mark_delivered(
         self, sent: Sequence[int], failed: Mapping[int, str], now: datetime, *, run_id: int | None = None

@@ -329,3 +329,29 @@ def test_mark_delivered_fails_items_one_statement_per_error_text(store: StateSto
         items[0].id: ("sent", None, 1, 9)
     }
     assert got == expected
+
+
+def test_pending_takes_what_fits_a_byte_budget_and_always_one_item(store: StateStore) -> None:
+    """Paging 40 items of about 100 to 3,000 bytes with a 5,000-byte budget gives each item once, in order,
+    in chunks whose payloads fit the budget (measured here from the payloads themselves), except a chunk of
+    one item alone larger than the budget; the item limit still applies."""
+    sizes = [100 + (i * 977) % 2_900 for i in range(40)] + [9_000] + [200] * 3
+    with store.transaction() as conn:
+        entries = [OutboxEntry("event", f"u{i}", {"i": i, "pad": "x" * n}) for i, n in enumerate(sizes)]
+        store.enqueue(conn, "j", entries, None, T0)
+        store.enqueue(conn, "j", [OutboxEntry("profile", "p", {"pad": "x" * 10})], None, T0)
+    budget, slack = 5_000, 40  # slack: the JSON around "pad" (and jsonb's spaces) in each stored payload
+    chunks: list[list[int]] = []
+    after = 0
+    while items := store.pending("j", "event", limit=12, after_id=after, max_bytes=budget):
+        chunks.append([item.payload["i"] for item in items])
+        after = items[-1].id
+    assert [i for chunk in chunks for i in chunk] == list(range(len(sizes)))
+    for chunk, following in zip(chunks, [*chunks[1:], []], strict=True):
+        held = sum(sizes[i] for i in chunk)
+        assert len(chunk) <= 12
+        assert held <= budget or len(chunk) == 1
+        if following and len(chunk) < 12:  # stopped by the budget: the next item would not have fitted
+            assert held + sizes[following[0]] + slack * (len(chunk) + 1) > budget
+    assert [len(c) for c in chunks if len(c) == 1 and sizes[c[0]] > budget] == [1]  # the 9,000-byte item
+    assert store.pending("j", "event", limit=5, after_id=after, max_bytes=budget) == []
