@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import requests
 from tenacity import RetryCallState, Retrying
 
-from etl import logs
+from etl import codec, logs
 from etl.errors import EtlError
 
 DEFAULT_TIMEOUT = (5.0, 60.0)  # (connect, read) seconds; every request has one
@@ -426,7 +426,7 @@ class HttpClient:
             body = None
             if response.content:
                 try:
-                    body = response.json()
+                    body = codec.loads(response.content)  # as response.json() reads it, ~3x faster (orjson)
                 except ValueError:
                     if status not in (202, 204):
                         raise _Transient(f"unreadable response body (HTTP {status})") from None
