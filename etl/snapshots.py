@@ -35,7 +35,7 @@ def to_snapshot(stream: str, raw: Mapping[str, Any]) -> Snapshot:
     build = _BUILDERS.get(stream)
     if build is None:
         raise ValueError(f"unknown stream {stream!r}: expected one of {', '.join(_BUILDERS)}")
-    object_id = text(raw.get("id")) if isinstance(raw, Mapping) else None
+    object_id = text(raw.get("id")) if type(raw) is dict or isinstance(raw, Mapping) else None
     if object_id is None:
         # every search result carries an id; without one nothing can be keyed (spec 2.16, *_list schemas)
         raise IntercomError(f"Intercom returned a {stream[:-1]} without an id: the response is malformed")
@@ -76,7 +76,13 @@ def to_datetime(epoch: int) -> datetime:
 # --- field normalizers (total: any JSON value in, a normal value or None out) ---
 
 
+# Each normalizer first checks the exact JSON type (`type(v) is ...`, one pointer comparison) before the
+# general `isinstance` checks (an ABC's is ~10x slower): they run ~25 times per object read.
+
+
 def obj(value: Any) -> Mapping[str, Any]:
+    if type(value) is dict:
+        return value
     return value if isinstance(value, Mapping) else {}
 
 
@@ -86,6 +92,13 @@ def items(value: Any) -> list[Any]:
 
 def text(value: Any) -> str | None:
     """A non-empty string; ints become their decimal string (ids come as either)."""
+    kind = type(value)
+    if kind is str:
+        if value.isascii() and "\x00" not in value:  # clean_text's common case, without the call
+            return value or None
+        return clean_text(value) or None
+    if kind is int:
+        return str(value)
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -126,6 +139,8 @@ def clean_json(value: Any) -> Any:
 
 
 def integer(value: Any) -> int | None:
+    if type(value) is int:
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, float) and not value.is_integer():
@@ -139,6 +154,8 @@ def flag(value: Any) -> bool | None:
 
 def timestamp(value: Any) -> int | None:
     """UNIX seconds, or None when absent, not a number, or outside what a datetime can hold."""
+    if type(value) is int:
+        return value if 0 <= value <= MAX_TIMESTAMP else None
     if isinstance(value, str) and value.isdigit():
         value = int(value)
     if isinstance(value, float) and value == value and abs(value) < MAX_TIMESTAMP:
