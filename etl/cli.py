@@ -1024,10 +1024,19 @@ def reconcile(obj: Cli, jobs: tuple[str, ...], **flags: Any) -> None:
     sys.exit(reconcile_jobs(obj.settings(), list(jobs), options, quiet=obj.verbosity < 0))
 
 
+# Young objects allocated between two collections of the cyclic garbage collector (Python's default: 700). A
+# run allocates millions of short-lived dicts that reference counting frees, yet each 700 allocations cost a
+# collection, and every tenth of those a walk of everything older: measured on a first sync of 10k objects,
+# 10-13% of the process's CPU went to collections, ~3% with this threshold. Garbage cycles wait a little
+# longer to be collected; nothing else changes.
+GC_YOUNG_THRESHOLD = 10_000
+
+
 def main() -> None:
     """Entry point: click's usage errors become one line too (`etl: error: …`, exit 2)."""
     global _freeze_imports
     _freeze_imports = True
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     try:
         code = cli.main(prog_name="etl", standalone_mode=False)
     except click.ClickException as exc:  # bad flags, unknown commands, values out of range

@@ -129,9 +129,12 @@ def diff(prev: Snapshot | None, cur: Snapshot, ctx: Context) -> Inference:
         return Inference(counts={"skipped:no_identifier": 1})
     events, truncated, cache = [], 0, {}
     for candidate in sorted(kept, key=lambda c: c.time):
-        if candidate.metric not in cache:
-            cache[candidate.metric] = fit_properties(_properties(cur, candidate.metric, identity, ctx))
-        fitted = cache[candidate.metric]
+        # the properties depend on the metric only in whether it is Resolved Ticket (`_properties`): built
+        # once per object for every other metric, and shared by its events (nothing mutates them)
+        key = candidate.metric == RESOLVED_TICKET
+        if key not in cache:
+            cache[key] = fit_properties(_properties(cur, candidate.metric, identity, ctx))
+        fitted = cache[key]
         truncated += fitted.truncations
         time = to_datetime(candidate.time)
         events.append(

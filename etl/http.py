@@ -45,7 +45,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying
 
-from etl import logs
+from etl import codec, logs
 from etl.errors import EtlError
 from etl.pacing import Limits, Pacer
 
@@ -479,7 +479,7 @@ class HttpClient:
             body = None
             if response.content:
                 try:
-                    body = response.json()
+                    body = codec.loads(response.content)  # as response.json() reads it, ~3x faster (orjson)
                 except ValueError:
                     if status not in (202, 204):
                         raise _Transient(f"unreadable response body (HTTP {status})") from None

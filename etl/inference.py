@@ -6,6 +6,7 @@ Entries are in the canonical form the outbox keeps (default metric names and pro
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 
@@ -54,18 +55,23 @@ class Inference:
                 self._queue_profile(snap, entries, stream, force=True, prev=prev)
             return entries
         ctx = self.context([s for _, s in changed], load)
+        counts: Counter[str] = Counter()  # added to the report once per page, not once per event
         for prev, snap in changed:
             inference = diff(None if self.replay else prev, snap, ctx)
-            for key, n in inference.counts.items():
-                self.report.add(stream, key, n)
+            counts.update(inference.counts)
             for event in inference.events:
                 entries.append(OutboxEntry("event", event.unique_id, event_resource(event)))
-                self.report.add(stream, "events")
-                # counted under the name Klaviyo gets, as the events:{metric} series always were
-                self.report.add(stream, f"events:{self.job.metric_names.get(event.metric, event.metric)}")
+                counts[f"events:{event.metric}"] += 1
                 contact = self.contacts.get(event.identity.contact_id)
                 if contact is not None:
                     self._queue_profile(contact, entries, stream)
+        for key, n in counts.items():
+            if key.startswith("events:"):
+                self.report.add(stream, "events", n)
+                # counted under the name Klaviyo gets, as the events:{metric} series always were
+                metric = key.removeprefix("events:")
+                key = f"events:{self.job.metric_names.get(metric, metric)}"
+            self.report.add(stream, key, n)
         return entries
 
     def _queue_profile(

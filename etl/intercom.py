@@ -25,9 +25,21 @@ How `pages(window)` reads a window `[since, until)` completely, whatever the ser
   dropped). Departures balanced by arrivals are harmless: arrivals are new or just-updated objects, which
   rank above every object of the window, so they push unread objects down at least as far as departures
   pull them up (an unread object moves by arrivals - departures above it >= the change in total_count).
+- dropping repeats in memory that does not grow with the window (`ReadOnce`). Let `floor` be the lowest
+  `updated_at` yielded so far. Every object of the window ranking above the last one read has been read,
+  in this search or before a restart (the only objects that newly rank above it are arrivals, outside the
+  window), and an object of the window keeps its `updated_at` while we page (an update moves it out of the
+  window). So a result with `updated_at > floor` is a repeat, one below `floor` is new, and only at `floor`
+  itself must ids be remembered: the ids yielded with exactly that `updated_at`, forgotten as soon as a lower
+  one is yielded. What is held is the largest group of objects sharing one second, not the window. (Should
+  Intercom's clock lag ours so that an update lands just inside the window, that object is dropped here as
+  a repeat only if it ranked below our position, and the next run's lookback reads it.)
 - assumption: the server orders equal `updated_at` consistently (by id), as Intercom's `[updated_at, id]`
   cursors do; objects sharing a timestamp across a page boundary are then read once.
 - a cursor seen twice in one call is a server loop: IntercomError rather than paging forever.
+- a malformed result (no id, no UNIX updated_at) cannot be placed in the order: it is reported once per call
+  by its id, remembering the last MALFORMED_REMEMBERED of them (beyond that, one served again is reported
+  again: counted twice, never lost).
 
 Contacts leave here complete: a contact's `tags` list shows at most 10 tags (spec 2.16, contact_tags: "Up to
 10 will be displayed here. Use the url to get more."), so for a contact whose list says `has_more` the full
@@ -60,6 +72,7 @@ from urllib.parse import quote
 
 from etl.errors import IntercomError
 from etl.http import DEFAULT_RETRY_BUDGET, DEFAULT_TIMEOUT, ApiClient, HttpClient
+from etl.lru import LruCache
 from etl.models import STREAMS, Page, Window
 from etl.pacing import Limits
 from etl.snapshots import text, timestamp
@@ -76,6 +89,7 @@ WINDOW_SLACK_SECONDS = 2 * 86_400  # > the longest calendar day (25 h at a DST c
 MAX_IDS_PER_LOOKUP = 15  # spec: 15 filters per group; IN is "a shortcut for OR", so we assume values count
 MAX_RESTARTS = 20  # re-reads of one window after the result set shrank while paging
 MAX_MERGE_HOPS = 3  # spec: the Link header already resolves chains "up to 3 hops"
+MALFORMED_REMEMBERED = 1_000  # malformed results' ids one `pages` call remembers, to report each once
 LIST_KEYS = {"contacts": "data", "conversations": "conversations", "tickets": "tickets"}
 _LINK = re.compile(r"<[^>]*/contacts/([^>/]+)>")
 _In = TypeVar("_In")
@@ -129,6 +143,37 @@ def covering_query(since: float, until: float) -> dict[str, Any]:
             {"field": "updated_at", "operator": "<", "value": math.ceil(until) + WINDOW_SLACK_SECONDS},
         ],
     }
+
+
+class ReadOnce:
+    """Which results one `pages` call has yielded, in memory that does not grow with the window (module
+    docstring, "dropping repeats"): the ids at the lowest `updated_at` yielded so far, and a bounded record
+    of the malformed results reported."""
+
+    def __init__(self, malformed_limit: int = MALFORMED_REMEMBERED) -> None:
+        self.floor: int | None = None  # the lowest updated_at yielded so far
+        self.at_floor: set[str] = set()  # the ids yielded with updated_at == floor
+        self.malformed: LruCache[str, bool] = LruCache(malformed_limit)
+
+    def first(self, ident: str, epoch: int) -> bool:
+        """True when the object (of the window, in descending order) is met for the first time: it is to be
+        yielded; False for a repeat."""
+        floor = self.floor
+        if floor is not None and (epoch > floor or (epoch == floor and ident in self.at_floor)):
+            return False
+        if floor is None or epoch < floor:
+            self.floor, self.at_floor = epoch, set()
+        self.at_floor.add(ident)
+        return True
+
+    def first_malformed(self, ident: str | None) -> bool:
+        """True when a malformed result is to be reported: once per id (while remembered), always without."""
+        if ident is None:
+            return True
+        if self.malformed.get(ident):
+            return False
+        self.malformed.put(ident, True)
+        return True
 
 
 class IntercomClient(ApiClient):
@@ -208,7 +253,7 @@ class IntercomClient(ApiClient):
         stream = window.stream
         since, until = window.since.timestamp(), window.until.timestamp()
         query = covering_query(since, until)
-        yielded: set[str] = set()
+        reads = ReadOnce()
         cursors: set[str] = set()
         cursor: str | None = None
         total: int | None = None
@@ -237,12 +282,11 @@ class IntercomClient(ApiClient):
                 problem = malformed(obj)
                 if problem is not None:
                     ident = text(obj.get("id")) if isinstance(obj, Mapping) else None
-                    if ident is None or f"!{ident}" not in yielded:  # once per call, however often served
-                        yielded.add(f"!{ident}")
+                    if reads.first_malformed(ident):  # once per call, however often served
                         bad.append((ident, problem))
                     continue
-                if since <= (_epoch(obj) or 0) < until and str(obj.get("id")) not in yielded:
-                    yielded.add(str(obj.get("id")))
+                epoch = _epoch(obj) or 0
+                if since <= epoch < until and reads.first(str(obj.get("id")), epoch):
                     fresh.append(obj)
             if stream == "contacts":
                 fresh = self._with_all_tags(fresh)

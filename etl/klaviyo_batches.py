@@ -19,12 +19,12 @@ later one does not set are kept, or a removal queued before would be lost with i
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from etl import codec
 from etl.models import OutboxItem
 
 MAX_EVENTS_PER_REQUEST = 1_000  # Klaviyo bulk create limit (spec, POST /api/event-bulk-create-jobs)
@@ -47,7 +47,7 @@ _PROFILE_POINTER = re.compile(r"^/data/attributes/profiles/data/(\d+)(?:/|$)")
 
 def encode(value: Any) -> bytes:
     """Compact UTF-8 JSON: the exact bytes a request body carries."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return codec.dumps(value)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ containers: a profile's 0 is a value people segment on, and a cleared value is u
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,14 @@ def fit_properties(properties: Mapping[str, Any], empty: Callable[[Any], bool] =
     """Drop empty top-level values (`empty` says which), then cut strings, arrays, nesting and key count to
     Klaviyo's limits."""
     kept = {key: value for key, value in properties.items() if not empty(value)}
+    if len(kept) <= MAX_PROPERTIES and _within(kept.values(), MAX_PROPERTIES - len(kept)):
+        # the common case: nothing to cut, so no copy either (the nested values are shared, not mutated)
+        return Fitted(kept, 0)
+    return _cut_properties(kept)
+
+
+def _cut_properties(kept: Mapping[str, Any]) -> Fitted:
+    """Every value walked and copied, cut where it exceeds a limit."""
     cutter = _Cutter(budget=MAX_PROPERTIES)
     fitted: dict[str, Any] = {}
     for key in kept:  # top-level keys are spent first, so a big nested object cannot crowd them out
@@ -74,6 +82,40 @@ def fit_properties(properties: Mapping[str, Any], empty: Callable[[Any], bool] =
     for key in fitted:
         fitted[key] = cutter.cut(kept[key], depth=2)
     return Fitted(fitted, cutter.cuts)
+
+
+def _within(values: Iterable[Any], budget: int, depth: int = 2) -> bool:
+    """True when `_Cutter` would return these values (at nesting level `depth`) unchanged: strings short
+    enough to fit whatever their encoding, str keys only, no more nested keys than `budget`, no container
+    beyond MAX_DEPTH or MAX_ARRAY_ITEMS. False means "maybe not", and the cutter decides."""
+    stack = [(iter(values), depth)]
+    while stack:
+        items, level = stack[-1]
+        for value in items:
+            kind = type(value)
+            if kind is str:
+                if len(value) * 4 > MAX_STRING_BYTES:
+                    return False
+            elif kind is int or kind is float or kind is bool or value is None:
+                continue
+            elif level > MAX_DEPTH:
+                return False
+            elif kind is dict:
+                budget -= len(value)
+                if budget < 0 or not all(type(key) is str for key in value):
+                    return False
+                stack.append((iter(value.values()), level + 1))
+                break
+            elif kind is list:
+                if len(value) > MAX_ARRAY_ITEMS:
+                    return False
+                stack.append((iter(value), level + 1))
+                break
+            else:  # tuples, other mappings and types: the cutter copies or converts them
+                return False
+        else:
+            stack.pop()
+    return True
 
 
 def truncate_text(value: str, max_bytes: int = MAX_STRING_BYTES) -> str:

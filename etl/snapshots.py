@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from etl.codec import canonical
 from etl.errors import IntercomError
 from etl.models import Snapshot
 
@@ -35,7 +35,7 @@ def to_snapshot(stream: str, raw: Mapping[str, Any]) -> Snapshot:
     build = _BUILDERS.get(stream)
     if build is None:
         raise ValueError(f"unknown stream {stream!r}: expected one of {', '.join(_BUILDERS)}")
-    object_id = text(raw.get("id")) if isinstance(raw, Mapping) else None
+    object_id = text(raw.get("id")) if type(raw) is dict or isinstance(raw, Mapping) else None
     if object_id is None:
         # every search result carries an id; without one nothing can be keyed (spec 2.16, *_list schemas)
         raise IntercomError(f"Intercom returned a {stream[:-1]} without an id: the response is malformed")
@@ -56,12 +56,16 @@ def referenced_contact_ids(snapshot: Snapshot) -> list[str]:
 
 
 def digest(data: Mapping[str, Any]) -> str:
-    """sha256 of canonical JSON (sorted keys, no whitespace): equal for equal data whatever the key order."""
-    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+    """sha256 of canonical JSON (sorted keys, no whitespace): equal for equal data whatever the key order.
+
+    The bytes are those the standard library's `json.dumps(sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)` writes, whichever encoder `etl.codec.canonical` uses: stored digests stay valid."""
+    return hashlib.sha256(canonical(data)).hexdigest()
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The canonical JSON of a value as text (what `digest` hashes, encoded as UTF-8)."""
+    return canonical(value).decode()
 
 
 def to_datetime(epoch: int) -> datetime:
@@ -72,7 +76,13 @@ def to_datetime(epoch: int) -> datetime:
 # --- field normalizers (total: any JSON value in, a normal value or None out) ---
 
 
+# Each normalizer first checks the exact JSON type (`type(v) is ...`, one pointer comparison) before the
+# general `isinstance` checks (an ABC's is ~10x slower): they run ~25 times per object read.
+
+
 def obj(value: Any) -> Mapping[str, Any]:
+    if type(value) is dict:
+        return value
     return value if isinstance(value, Mapping) else {}
 
 
@@ -82,6 +92,13 @@ def items(value: Any) -> list[Any]:
 
 def text(value: Any) -> str | None:
     """A non-empty string; ints become their decimal string (ids come as either)."""
+    kind = type(value)
+    if kind is str:
+        if value.isascii() and "\x00" not in value:  # clean_text's common case, without the call
+            return value or None
+        return clean_text(value) or None
+    if kind is int:
+        return str(value)
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -104,18 +121,26 @@ def clean_text(value: str) -> str:
 
 def clean_json(value: Any) -> Any:
     """A private copy of a JSON value with every string and key passed through `clean_text`."""
+    kind = type(value)
+    if kind is str:
+        return clean_text(value)
+    if kind is int or kind is bool or value is None:  # immutable: shared, not copied
+        return value
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, Mapping):
         return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [clean_json(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # Python's JSON reader takes NaN and Infinity; JSON itself, jsonb and Klaviyo do not
+    if isinstance(value, float):
+        # Python's JSON reader takes NaN and Infinity; JSON itself, jsonb and Klaviyo do not
+        return value if math.isfinite(value) else None
     return copy.deepcopy(value)
 
 
 def integer(value: Any) -> int | None:
+    if type(value) is int:
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, float) and not value.is_integer():
@@ -129,6 +154,8 @@ def flag(value: Any) -> bool | None:
 
 def timestamp(value: Any) -> int | None:
     """UNIX seconds, or None when absent, not a number, or outside what a datetime can hold."""
+    if type(value) is int:
+        return value if 0 <= value <= MAX_TIMESTAMP else None
     if isinstance(value, str) and value.isdigit():
         value = int(value)
     if isinstance(value, float) and value == value and abs(value) < MAX_TIMESTAMP:

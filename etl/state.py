@@ -6,7 +6,6 @@ SQLite by default, PostgreSQL in production; every statement here runs on both.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from etl import codec
 from etl.errors import LockHeld, StateError
 from etl.models import OutboxEntry, OutboxItem, Snapshot
 from etl.schema import Migrations, describe_error, redact_url
@@ -245,21 +245,62 @@ class StateStore(Migrations):
         return found
 
     def pending(
-        self, job: str, kind: str, *, limit: int, after_id: int = 0, upto: int | None = None
+        self,
+        job: str,
+        kind: str,
+        *,
+        limit: int,
+        after_id: int = 0,
+        upto: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[OutboxItem]:
-        """The next pending items of one kind, in queue order, at most `limit` (and ids up to `upto`)."""
+        """The next pending items of one kind, in queue order, at most `limit` (and ids up to `upto`, the
+        high-water mark of a delivery round while reading); with `max_bytes`, only as many
+        as have that many bytes of stored payload between them, and always at least one.
+
+        The budget is what bounds a chunk's memory whatever the payloads' size: a payload read back is a tree
+        of Python objects several times its text. The sizes are read first (ids and lengths only, streamed
+        until the budget is spent), then the payloads of the items that fit.
+        """
+        where = (
+            outbox.c.job == job,
+            outbox.c.kind == kind,
+            outbox.c.status == "pending",
+            outbox.c.id > after_id,
+            *((outbox.c.id <= upto,) if upto is not None else ()),
+        )
         query = (
             sa.select(outbox.c.id, outbox.c.kind, outbox.c.unique_id, outbox.c.payload, outbox.c.attempts)
-            .where(outbox.c.job == job, outbox.c.kind == kind, outbox.c.status == "pending")
-            .where(outbox.c.id > after_id)
+            .where(*where)
             .order_by(outbox.c.id)
             .limit(limit)
         )
-        if upto is not None:
-            query = query.where(outbox.c.id <= upto)
         with self.transaction() as conn:
+            if max_bytes is not None:
+                last = None
+                spent = 0
+                sizes = conn.execute(
+                    sa.select(outbox.c.id, self._payload_bytes())
+                    .where(*where)
+                    .order_by(outbox.c.id)
+                    .limit(limit)
+                )
+                for item_id, size in sizes:
+                    if last is not None and spent + size > max_bytes:
+                        break
+                    last, spent = item_id, spent + size
+                sizes.close()
+                if last is None:
+                    return []
+                query = query.where(outbox.c.id <= last)
             rows = conn.execute(query)
             return [OutboxItem(r.id, job, r.kind, r.unique_id, _json(r.payload), r.attempts) for r in rows]
+
+    def _payload_bytes(self) -> sa.ColumnElement[int]:
+        """The size of a stored payload in bytes: its text (SQLite) or jsonb's text of it (PostgreSQL)."""
+        if self.dialect == "postgresql":
+            return sa.func.octet_length(sa.cast(outbox.c.payload, sa.Text))
+        return sa.func.length(sa.cast(outbox.c.payload, sa.LargeBinary))  # BLOB: bytes, not characters
 
     def mark_delivered(
         self, sent: Sequence[int], failed: Mapping[int, str], now: datetime, *, run_id: int | None = None
@@ -274,13 +315,18 @@ class StateStore(Migrations):
                     .values(status="sent", sent_at=now, attempts=outbox.c.attempts + 1, last_error=None,
                             delivery_run_id=run_id)
                 )  # fmt: skip
+            # one statement per distinct error text (a rejected batch's items often share one), not per item
+            by_error: dict[str, list[int]] = {}
             for item_id, error in failed.items():
-                conn.execute(
-                    sa.update(outbox)
-                    .where(outbox.c.id == item_id)
-                    .values(status="failed", attempts=outbox.c.attempts + 1, last_error=error[:2000],
-                            delivery_run_id=run_id)
-                )  # fmt: skip
+                by_error.setdefault(error[:2000], []).append(item_id)
+            for error, ids in by_error.items():
+                for chunk in _chunks(ids, MAX_IDS_PER_STATEMENT):
+                    conn.execute(
+                        sa.update(outbox)
+                        .where(outbox.c.id.in_(chunk))
+                        .values(status="failed", attempts=outbox.c.attempts + 1, last_error=error,
+                                delivery_run_id=run_id)
+                    )  # fmt: skip
 
     def outbox_items(self, job: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         query = sa.select(
@@ -523,19 +569,27 @@ class StateStore(Migrations):
 
 
 def _engine(url: str, read_only: bool) -> Engine:
+    # JSON columns (payloads, snapshots, runs) through orjson: compact UTF-8 text, read back as json.loads
+    # would read it (etl.codec); rows written by earlier versions (json.dumps' spacing) read the same
+    json_io = {"json_serializer": codec.dumps_text, "json_deserializer": codec.loads}
     if url.startswith("sqlite"):
         database = sa.make_url(url).database
         if read_only and database and database != ":memory:":
             import sqlite3
 
             uri = f"file:{Path(database).resolve()}?mode=ro"
-            return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=30))
-        engine = sa.create_engine(url, connect_args={"timeout": 30})  # wait for a writer, don't fail at once
+            return sa.create_engine(
+                "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=30), **json_io
+            )
+        # wait for a writer, don't fail at once
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, **json_io)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if read_only:
-        return sa.create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
-    return sa.create_engine(url)
+        return sa.create_engine(
+            url, connect_args={"options": "-c default_transaction_read_only=on"}, **json_io
+        )
+    return sa.create_engine(url, **json_io)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -547,7 +601,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _json(value: Any) -> Any:
     """JSON columns come back parsed on both dialects; tolerate text from older drivers."""
-    return json.loads(value) if isinstance(value, str) else value
+    return codec.loads(value) if isinstance(value, str) else value
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:

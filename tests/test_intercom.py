@@ -9,6 +9,7 @@ from itertools import pairwise
 
 import pytest
 
+from etl.intercom import ReadOnce
 from etl.models import Window
 from etl.sandbox.generator import Workspace
 from etl.sandbox.intercom_server import IntercomSettings
@@ -192,3 +193,51 @@ def test_a_backfill_survives_objects_updated_out_of_its_range_while_paging(mode:
         calls = sb.server.search_calls["conversations"]
     assert sorted(read) == sorted(before)
     assert calls <= 2 * (-(-len(before) // 4)) + 10
+
+
+@pytest.mark.parametrize(
+    "mode", [MODES["second-UTC-incl-offset"], MODES["day-UTC-incl-keyset"]], ids=["offset", "keyset"]
+)
+def test_a_window_larger_than_any_bound_is_read_once_remembering_only_the_lowest_second(
+    mode: IntercomSettings,
+) -> None:
+    """300 conversations (threes sharing one updated_at, across pages of 7) read while objects move to the
+    top, new ones arrive and one leaves: each object that stays in the window is yielded exactly once, and the
+    ids the call holds to drop repeats never pass the largest group sharing a second (3), not the window."""
+    ws = workspace(conversations=300)
+    convs = sorted(ws.objects("conversations"), key=lambda c: c["updated_at"])
+    for k, conv in enumerate(convs):  # groups of three on one second, below every object's own
+        conv["updated_at"] = convs[k - k % 3]["updated_at"]
+    since, until = at(convs[0]["updated_at"]), at(ws.now + 1)
+    before = expected_ids(ws, "conversations", since, until)
+    ws.now += 60  # the run started at `until`; everything below happens during it
+    touched: set[str] = set()
+    held: list[int] = []
+    with sandbox(ws, mode) as sb, client(sb, per_page=7) as c:
+        read: list[str] = []
+        pages = c.pages(Window("conversations", since, until))
+        for page in pages:
+            read += [o["id"] for o in page.objects]
+            reads = pages.gi_frame.f_locals["reads"]  # the generator's own record, while it is suspended
+            held.append(len(reads.at_floor) + len(reads.malformed))
+            unread = sorted(before - set(read) - touched)
+            for conv_id in unread[:1] + read[-2:-1]:  # an unread object and one already read move to the top
+                ws.touch("conversations", conv_id)
+                touched.add(conv_id)
+            ws.advance(timedelta(seconds=5), activity=1)
+    stayed = expected_ids(ws, "conversations", since, until)  # never updated while paging
+    assert len(before) == 300 and len(read) == len(set(read))
+    assert stayed <= set(read) <= before and len(stayed) > 150
+    assert max(held) <= 3 and len(held) > 30
+
+
+def test_malformed_results_are_reported_once_each_while_remembered_within_the_bound() -> None:
+    """Twelve malformed ids against a bound of five: each is reported the first time, one served again while
+    still remembered is not, one forgotten is reported again (counted twice, never lost); those without an id
+    are reported every time; at most five ids are held."""
+    reads = ReadOnce(malformed_limit=5)
+    first = [reads.first_malformed(f"bad-{i}") for i in range(12)]
+    again = [reads.first_malformed(f"bad-{i}") for i in (11, 7, 0)]
+    assert first == [True] * 12 and again == [False, False, True]
+    assert [reads.first_malformed(None) for _ in range(3)] == [True] * 3
+    assert len(reads.malformed) == 5 and reads.malformed.evictions == 8

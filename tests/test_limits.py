@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +14,10 @@ from etl.limits import (
     MAX_DEPTH,
     MAX_PROPERTIES,
     MAX_STRING_BYTES,
+    _cut_properties,
     fit_properties,
+    is_blank,
+    is_empty,
     truncate_text,
 )
 
@@ -106,3 +110,39 @@ def test_fitted_properties_respect_every_limit(properties):
     assert depth(fitted.properties) <= MAX_DEPTH
     if fitted.truncations == 0:
         assert fitted.properties == {k: v for k, v in properties.items() if v is False or v or v is True}
+
+
+def nested(levels: int, leaf) -> dict:
+    value = leaf
+    for _ in range(levels):
+        value = {"k": value}
+    return value
+
+
+# values at and around each limit, so the fast path's "nothing to cut" is checked where it is closest to wrong
+BORDER = [
+    *(nested(n, "leaf") for n in range(MAX_DEPTH - 3, MAX_DEPTH + 2)),
+    *({f"p{i}": i for i in range(n)} for n in (MAX_PROPERTIES - 3, MAX_PROPERTIES - 2, MAX_PROPERTIES)),
+    *(list(range(n)) for n in (MAX_ARRAY_ITEMS, MAX_ARRAY_ITEMS + 1)),
+    *("x" * n for n in (MAX_STRING_BYTES // 4, MAX_STRING_BYTES // 4 + 1, MAX_STRING_BYTES, MAX_STRING_BYTES + 1)),
+    "é" * 50_001, "€" * 33_334, "😀" * 25_000, "😀" * 25_001,
+    (1, "tuple"), {1: "int key"}, [("a", 1)],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", BORDER, ids=lambda v: f"{type(v).__name__}:{len(str(v))}")
+def test_values_at_the_limits_get_what_the_full_cutter_gives(value):
+    """At and around every limit, `fit_properties` (whose fast path skips the walk and the copy when nothing
+    needs cutting) gives what the full cutter gives, top level or nested."""
+    for properties in ({"a": value, "b": "x"}, {"a": {"b": value}}, {"a": [value]}):
+        assert fit_properties(properties) == _cut_properties(properties)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), JSON, max_size=6))
+def test_nothing_to_cut_takes_the_fast_path_with_the_same_result(properties):
+    """`fit_properties`' fast path (no copy when nothing needs cutting) gives what the full cutter gives."""
+    kept = {k: v for k, v in properties.items() if not is_empty(v)}
+    assert fit_properties(properties) == _cut_properties(kept)
+    blank_kept = {k: v for k, v in properties.items() if not is_blank(v)}
+    assert fit_properties(properties, empty=is_blank) == _cut_properties(blank_kept)

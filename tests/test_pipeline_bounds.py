@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+from etl.delivery import CHUNK_BYTES
 from etl.models import RunOptions
 from etl.pipeline import Bounds, JobRun
 from etl.sandbox.generator import Workspace
@@ -116,3 +117,28 @@ def test_a_dry_run_with_tiny_bounds_prints_each_event_once_and_what_a_real_run_q
         canonical(r["kind"], r["unique_id"], r["payload"]) for r in queued
     }
     assert sum(1 for kind, _ in printed if kind == "event") > 10 * TINY.profiled
+
+
+def test_delivery_chunks_hold_at_most_chunk_bytes_of_payload(db_url: str) -> None:
+    """160 contacts with ~90 KB of custom attributes each: their ~6 MB of profiles go out in chunks of at
+    most CHUNK_BYTES (4 MB) of stored payload, each a profile import job of its own (one chunk fits one job's
+    5 MB), taking every profile that fits; every profile is imported exactly once."""
+    ws = Workspace(seed=SEED, start=BEGIN, contacts=160, conversations=1, tickets=1)
+    for n, contact in enumerate(ws.objects("contacts")):
+        contact["custom_attributes"] = {"notes": f"{n:03d}" + "x" * 90_000}
+    with open_harness(db_url, ws, **NO_RATE_LIMIT) as harness:
+        harness.run()
+        rows = outbox_rows(harness.store, harness.job.name, kind="profile")
+        jobs = list(reversed(harness.klaviyo.store.jobs()))  # in the order they were submitted
+        imported = harness.klaviyo.profiles
+    sizes = [len(json.dumps(r["payload"], separators=(",", ":"))) for r in rows]  # ~ the stored text
+    assert {(r["status"], r["attempts"]) for r in rows} == {("sent", 1)} and len(imported) == len(rows) > 50
+    totals = [job.total for job in jobs]
+    assert sum(totals) == len(rows) and len(totals) >= 2
+    start = 0
+    for total in totals:  # each job is one chunk: the rows in queue order, as many as fit the budget
+        chunk = sizes[start : start + total]
+        assert sum(chunk) <= CHUNK_BYTES
+        if start + total < len(sizes):
+            assert sum(chunk) + sizes[start + total] > CHUNK_BYTES - 2_000  # the next would not fit
+        start += total

@@ -316,3 +316,51 @@ def test_a_version_table_with_two_revisions_is_alembics_own_error(store: StateSt
         conn.execute(sa.text("INSERT INTO alembic_version (version_num) VALUES ('0001')"))
     with pytest.raises(CommandError, match="more than one head"):
         store.current_revision()
+
+
+def test_mark_delivered_fails_items_one_statement_per_error_text(store: StateStore) -> None:
+    """1,203 rejected items with three error texts (one longer than the 2,000 characters kept) are marked
+    failed with their own text in one statement per text and 500 ids, not one statement per item."""
+    with store.transaction() as conn:
+        store.enqueue(conn, "j", [OutboxEntry("event", f"e{i}", {}) for i in range(1_204)], None, T0)
+    items = store.pending("j", "event", limit=1_204)
+    long = "x" * 2_500
+    texts = {item.id: ("bad email", "bad phone", long)[n % 3] for n, item in enumerate(items[1:])}
+    with largest_statement(store) as bound:
+        store.mark_delivered([items[0].id], texts, T0, run_id=9)
+    # sent: 1; failed: 401 per text, so ceil(401 / 500) = 1 statement each
+    assert len(bound) == 1 + 3 and max(bound) <= MAX_IDS_PER_STATEMENT + 5
+    with store.transaction() as conn:
+        rows = conn.execute(sa.select(outbox.c.id, outbox.c.status, outbox.c.last_error, outbox.c.attempts,
+                                      outbox.c.delivery_run_id)).all()  # fmt: skip
+    got = {r.id: (r.status, r.last_error, r.attempts, r.delivery_run_id) for r in rows}
+    expected = {i: ("failed", t[:2_000], 1, 9) for i, t in texts.items()} | {
+        items[0].id: ("sent", None, 1, 9)
+    }
+    assert got == expected
+
+
+def test_pending_takes_what_fits_a_byte_budget_and_always_one_item(store: StateStore) -> None:
+    """Paging 40 items of about 100 to 3,000 bytes with a 5,000-byte budget gives each item once, in order,
+    in chunks whose payloads fit the budget (measured here from the payloads themselves), except a chunk of
+    one item alone larger than the budget; the item limit still applies."""
+    sizes = [100 + (i * 977) % 2_900 for i in range(40)] + [9_000] + [200] * 3
+    with store.transaction() as conn:
+        entries = [OutboxEntry("event", f"u{i}", {"i": i, "pad": "x" * n}) for i, n in enumerate(sizes)]
+        store.enqueue(conn, "j", entries, None, T0)
+        store.enqueue(conn, "j", [OutboxEntry("profile", "p", {"pad": "x" * 10})], None, T0)
+    budget, slack = 5_000, 40  # slack: the JSON around "pad" (and jsonb's spaces) in each stored payload
+    chunks: list[list[int]] = []
+    after = 0
+    while items := store.pending("j", "event", limit=12, after_id=after, max_bytes=budget):
+        chunks.append([item.payload["i"] for item in items])
+        after = items[-1].id
+    assert [i for chunk in chunks for i in chunk] == list(range(len(sizes)))
+    for chunk, following in zip(chunks, [*chunks[1:], []], strict=True):
+        held = sum(sizes[i] for i in chunk)
+        assert len(chunk) <= 12
+        assert held <= budget or len(chunk) == 1
+        if following and len(chunk) < 12:  # stopped by the budget: the next item would not have fitted
+            assert held + sizes[following[0]] + slack * (len(chunk) + 1) > budget
+    assert [len(c) for c in chunks if len(c) == 1 and sizes[c[0]] > budget] == [1]  # the 9,000-byte item
+    assert store.pending("j", "event", limit=5, after_id=after, max_bytes=budget) == []
