@@ -15,7 +15,6 @@ from etl.errors import KlaviyoError
 from etl.klaviyo_aggregates import aggregate_query, daily_values
 from etl.klaviyo_batches import cut_event_batches
 from etl.models import OutboxItem
-from etl.pacing import SlidingWindows
 from etl.sandbox.klaviyo_server import ALL_SCOPES, SANDBOX_API_KEY, KlaviyoServer
 from etl.sandbox.klaviyo_store import KlaviyoSettings
 from tests.klaviyo_fixtures import HEADERS, FakeClock, client_for, event_item, sandbox, schema_errors
@@ -33,6 +32,18 @@ def send(server: KlaviyoServer, *items: OutboxItem) -> None:
 def api_metric(server: KlaviyoServer, name: str) -> str:
     (metric,) = [m for m in server.metrics.metrics if m.name == name and m.integration["name"] == "API"]
     return metric.id
+
+
+def may_first_count(server: KlaviyoServer) -> dict[str, Any]:
+    """The attributes of a count of the API's Replied to Conversation events on 2026-05-01."""
+    return {
+        "metric_id": api_metric(server, "Replied to Conversation"),
+        "measurements": ["count"],
+        "filter": [
+            "greater-or-equal(datetime,2026-05-01T00:00:00)",
+            "less-than(datetime,2026-05-02T00:00:00)",
+        ],
+    }
 
 
 def post(server: KlaviyoServer, attributes: dict[str, Any]) -> requests.Response:
@@ -160,15 +171,7 @@ def test_a_query_klaviyo_refuses_names_what_is_wrong(
     """A time range is required; fields outside the schema, measurements outside its enum, an unknown
     timezone or metric are refused in the spec's error shape (and dimensions, which the sandbox does not model)."""
     send(klaviyo, event_item(1, time=MAY))
-    attributes = {
-        "metric_id": api_metric(klaviyo, "Replied to Conversation"),
-        "measurements": ["count"],
-        "filter": [
-            "greater-or-equal(datetime,2026-05-01T00:00:00)",
-            "less-than(datetime,2026-05-02T00:00:00)",
-        ],
-        **change,
-    }
+    attributes = {**may_first_count(klaviyo), **change}
     reply = post(klaviyo, attributes)
     assert reply.status_code == status
     assert schema_errors("responses", "ClientError", reply.json()) == []
@@ -183,14 +186,7 @@ def test_the_client_keeps_the_endpoints_own_rate_limit_without_a_429(
     client, sharing the fake clock, makes 65 queries with no 429: 3 at once, then 3 a second, and past 60
     it waits for the minute."""
     send(klaviyo, event_item(1, time=MAY))
-    attributes = {
-        "metric_id": api_metric(klaviyo, "Replied to Conversation"),
-        "measurements": ["count"],
-        "filter": [
-            "greater-or-equal(datetime,2026-05-01T00:00:00)",
-            "less-than(datetime,2026-05-02T00:00:00)",
-        ],
-    }
+    attributes = may_first_count(klaviyo)
     assert [post(klaviyo, attributes).status_code for _ in range(4)] == [200, 200, 200, 429]
     assert klaviyo.received[-1].reply_headers["Retry-After"] == "1"
     clock.now += 60
@@ -235,18 +231,3 @@ def test_an_answer_not_parallel_to_its_dates_is_refused() -> None:
         "greater-or-equal(datetime,2026-05-01T00:00:00)",
         "less-than(datetime,2026-05-01T01:00:00)",
     ]
-
-
-def test_sliding_windows_wait_for_the_oldest_call_of_each_window() -> None:
-    """3 a second and 60 a minute: the 4th call waits for the 1st to leave the second, the 61st for the 1st to
-    leave the minute (each plus the margin)."""
-    pacer = SlidingWindows(((3, 1.0), (60, 60.0)), margin=0.1)
-    now = 0.0
-    for _ in range(3):
-        assert pacer.wait(now) == 0
-        pacer.record(now)
-    assert pacer.wait(now) == pytest.approx(1.1)
-    for _ in range(57):
-        now += pacer.wait(now)
-        pacer.record(now)
-    assert pacer.wait(now) == pytest.approx(60.1 - now)
