@@ -71,7 +71,8 @@ def read_slices(
         maxsize=readers * QUEUE_PAGES_PER_READER
     )
     stop = threading.Event()
-    claim = itertools.count()  # next slice to read; next() on a count is atomic under the GIL
+    # the next slice to read; the lock keeps two readers off one slice without relying on the GIL
+    claim = itertools.count()
     claim_lock = threading.Lock()
 
     def put(item: tuple[int, Page | None] | _Failed | None) -> bool:
