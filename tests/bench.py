@@ -3,7 +3,8 @@
 Not a test (timings are noisy on shared machines): it measures and prints a Markdown report, and with
 `--out PATH` writes it there (docs/bench-results.md is the committed one). Per workspace size (~10k objects;
 ~100k with ETL_BENCH_LARGE=1, whose generation alone takes about a minute) and per state database (SQLite;
-PostgreSQL in a throwaway cluster from tests/pg.py unless ETL_BENCH_POSTGRES=0), three runs of `etl run`:
+PostgreSQL in a throwaway cluster from tests/pg.py unless ETL_BENCH_POSTGRES=0; ETL_BENCH_SIZES and
+ETL_BENCH_SQLITE=0 pick a subset), three runs of `etl run`:
 
 - first sync: every object read and diffed for the first time, its history sent to Klaviyo;
 - 1% changed: the workspace advanced by an hour with activity on ~1% of its objects (the generator's advance);
@@ -316,10 +317,13 @@ def main() -> int:
         print(profile_report(folder))
         return 0
     sizes = ["10k", "100k"] if os.environ.get("ETL_BENCH_LARGE") == "1" else ["10k"]
+    # ETL_BENCH_SIZES=100k (or 10k,100k) picks sizes, ETL_BENCH_SQLITE=0 leaves SQLite out: separate
+    # invocations can then measure the long cases side by side (each prints its own rows)
+    sizes = [s for s in os.environ.get("ETL_BENCH_SIZES", ",".join(sizes)).split(",") if s in SIZES]
     help_wall, help_cpu = startup()
     cases: list[Case] = []
     with ExitStack() as stack:
-        databases = {"SQLite": ""}
+        databases = {"SQLite": ""} if os.environ.get("ETL_BENCH_SQLITE", "1") != "0" else {}
         if os.environ.get("ETL_BENCH_POSTGRES", "1") != "0":
             from tests.pg import fresh_database, throwaway_server
 
