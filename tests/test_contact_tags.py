@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from etl.intercom import tags_unchanged
 from etl.models import RunOptions, Window
 from etl.sandbox.generator import Workspace
 from etl.state import StateStore
@@ -224,3 +225,22 @@ def test_a_re_read_skips_the_tag_lists_of_unchanged_contacts_only(store: StateSt
     backfill = store.runs("shop", 2, mode="backfill")[1]  # newest first: the replay, then the re-read
     assert backfill.counts["contacts"]["unchanged"] == len(in_run(ws)) - 2
     assert sorted(replayed) == [f"/contacts/{i}/tags" for i in heavy]
+
+
+def test_stored_tags_stand_in_only_when_updated_at_count_and_shown_tags_all_agree() -> None:
+    """Each sign of the rule alone sends the contact to GET /contacts/{id}/tags: another updated_at, another
+    total_count (or none), a shown tag not stored; a listing that agrees on all three keeps the stored tags."""
+    stored_ids = [str(i) for i in range(12)]
+    shown = [{"type": "tag", "id": i} for i in stored_ids[:TAG_LIST_SHOWS]]
+
+    def listed(updated_at: int = 1_700_000_000, **tags: Any) -> dict[str, Any]:
+        listing = {"type": "list", "data": shown, "total_count": 12, "has_more": True}
+        return {"id": "c1", "updated_at": updated_at, "tags": {**listing, **tags}}
+
+    stored = (1_700_000_000, stored_ids)
+    assert tags_unchanged(listed(), stored)
+    assert not tags_unchanged(listed(updated_at=1_700_000_001), stored)
+    assert not tags_unchanged(listed(total_count=13), stored)  # tagged, updated_at unmoved
+    assert not tags_unchanged(listed(total_count=None), stored)
+    assert not tags_unchanged(listed(data=[*shown[:9], {"type": "tag", "id": "99"}]), stored)
+    assert not tags_unchanged(listed(), None)
