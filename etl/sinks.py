@@ -37,6 +37,11 @@ class PageWriter(Protocol):
         """The stored snapshots of these objects (missing ids are absent)."""
         ...
 
+    def digests(self, stream: str, ids: list[str]) -> dict[str, str]:
+        """The stored snapshots' digests only (missing ids are absent): what tells an unchanged object,
+        without reading and decoding its data."""
+        ...
+
     def put(
         self, stream: str, entries: list[OutboxEntry], changed: list[Snapshot], window: dict[str, Any] | None
     ) -> dict[str, int]:
@@ -63,6 +68,10 @@ class Sink(Protocol):
 
     def page(self) -> Any:
         """A context manager yielding the PageWriter of one page."""
+        ...
+
+    def stored(self, stream: str, ids: list[str]) -> dict[str, Snapshot]:
+        """The snapshots stored now, read in a transaction of their own: callable from a reader thread."""
         ...
 
     def save_window(self, window: dict[str, Any]) -> None: ...
@@ -148,6 +157,10 @@ class OutboxSink:
         if self.early is not None:  # committed: the early delivery may send it
             self.early.queued(writer.queued)
 
+    def stored(self, stream: str, ids: list[str]) -> dict[str, Snapshot]:
+        with self.store.transaction() as conn:
+            return self.store.load_snapshots(conn, self.job, stream, ids)
+
     def save_window(self, window: dict[str, Any]) -> None:
         if self.run_id is not None:
             self.store.update_run(self.run_id, window=window)
@@ -210,6 +223,9 @@ class _OutboxPage:
     def load(self, stream: str, ids: list[str]) -> dict[str, Snapshot]:
         return self.sink.store.load_snapshots(self.conn, self.sink.job, stream, ids)
 
+    def digests(self, stream: str, ids: list[str]) -> dict[str, str]:
+        return self.sink.store.load_digests(self.conn, self.sink.job, stream, ids)
+
     def put(
         self, stream: str, entries: list[OutboxEntry], changed: list[Snapshot], window: dict[str, Any] | None
     ) -> dict[str, int]:
@@ -266,6 +282,12 @@ class DryRunSink:
     def page(self) -> Iterator[PageWriter]:
         yield _DryRunPage(self)
 
+    def stored(self, stream: str, ids: list[str]) -> dict[str, Snapshot]:
+        if self.store is None:
+            return {}
+        with self.store.transaction() as reader:  # read-only: each read in a transaction of its own
+            return self.store.load_snapshots(reader, self.job, stream, ids)
+
     def save_window(self, window: dict[str, Any]) -> None:
         pass
 
@@ -311,11 +333,14 @@ class _DryRunPage:
         self.sink = sink
 
     def load(self, stream: str, ids: list[str]) -> dict[str, Snapshot]:
+        return self.sink.stored(stream, ids)
+
+    def digests(self, stream: str, ids: list[str]) -> dict[str, str]:
         store = self.sink.store
         if store is None:
             return {}
-        with store.transaction() as reader:  # read-only: each read in a transaction of its own
-            return store.load_snapshots(reader, self.sink.job, stream, ids)
+        with store.transaction() as reader:
+            return store.load_digests(reader, self.sink.job, stream, ids)
 
     def put(
         self, stream: str, entries: list[OutboxEntry], changed: list[Snapshot], window: dict[str, Any] | None

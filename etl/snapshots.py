@@ -126,10 +126,10 @@ def clean_json(value: Any) -> Any:
         return clean_text(value)
     if kind is int or kind is bool or value is None:  # immutable: shared, not copied
         return value
+    if kind is dict or isinstance(value, Mapping):
+        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
     if isinstance(value, str):
         return clean_text(value)
-    if isinstance(value, Mapping):
-        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [clean_json(v) for v in value]
     if isinstance(value, float):
@@ -203,7 +203,7 @@ def tag_list(value: Any) -> list[dict[str, str]]:
 
 def json_object(value: Any) -> dict[str, Any]:
     """A private copy of a JSON object, so later changes to the raw object cannot reach the snapshot."""
-    return clean_json(value) if isinstance(value, Mapping) else {}
+    return clean_json(value) if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def part_order(part: Mapping[str, Any]) -> tuple[int, tuple[int, int, str]]:

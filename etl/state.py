@@ -149,6 +149,19 @@ class StateStore(Migrations):
                 found[r.object_id] = Snapshot(stream, r.object_id, r.updated_at, r.digest, _json(r.data))
         return found
 
+    def load_digests(self, conn: Connection, job: str, stream: str, ids: Iterable[str]) -> dict[str, str]:
+        """Object id -> digest of the stored snapshots of these objects: the data column is neither read nor
+        decoded (one query per MAX_IDS_PER_STATEMENT ids)."""
+        found: dict[str, str] = {}
+        for chunk in _chunks(list(dict.fromkeys(ids)), MAX_IDS_PER_STATEMENT):
+            rows = conn.execute(
+                sa.select(snapshots.c.object_id, snapshots.c.digest).where(
+                    snapshots.c.job == job, snapshots.c.stream == stream, snapshots.c.object_id.in_(chunk)
+                )
+            )
+            found.update((object_id, digest) for object_id, digest in rows)
+        return found
+
     def save_snapshots(self, conn: Connection, job: str, items: Sequence[Snapshot]) -> None:
         """Upsert snapshots (one statement); a stored snapshot newer than the one given is kept.
 

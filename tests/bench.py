@@ -4,11 +4,14 @@ Not a test (timings are noisy on shared machines): it measures and prints a Mark
 `--out PATH` writes it there (docs/bench-results.md is the committed one). Per workspace size (~10k objects;
 ~100k with ETL_BENCH_LARGE=1, whose generation alone takes about a minute) and per state database (SQLite;
 PostgreSQL in a throwaway cluster from tests/pg.py unless ETL_BENCH_POSTGRES=0; ETL_BENCH_SIZES and
-ETL_BENCH_SQLITE=0 pick a subset), three runs of `etl run`:
+ETL_BENCH_SQLITE=0 pick a subset), four runs of `etl run`:
 
 - first sync: every object read and diffed for the first time, its history sent to Klaviyo;
 - 1% changed: the workspace advanced by an hour with activity on ~1% of its objects (the generator's advance);
-- no change: the same again, with nothing new.
+- no change: the same again, with nothing new;
+- unchanged re-read: a backfill (`--since START_DATE --until T`, T the first sync's start) of the first sync's
+  whole window, in which nothing changed since the runs before: every object read again and skipped as
+  unchanged (the cost per unchanged object: issue 12's 30,000 per CPU-second).
 
 Per run: objects per CPU-second of the `etl` process (user + system time from `os.wait4`, so only that
 process), its peak RSS (`ru_maxrss`), API calls per 1,000 objects (the sandbox's own request counters), wall
@@ -50,6 +53,7 @@ SIZES = {"10k": 33, "100k": 333}  # scale: 100 contacts, 150 conversations, 50 t
 TOKEN_ENV, KEY_ENV = "ETL_BENCH_INTERCOM_TOKEN", "ETL_BENCH_KLAVIYO_KEY"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"  # `--out`: what `make bench` rewrites
 HISTORY = timedelta(days=3)  # the workspace's "now" starts this far back, so its advances stay in the past
+CASES = ("first sync", "1% changed", "no change", "unchanged re-read")
 
 JOBS_YAML = """\
 database_url: {database_url}
@@ -206,7 +210,7 @@ def objects_read(env: dict[str, str], folder: Path, config: Path) -> int:
 
 
 def bench_size(size: str, databases: dict[str, str], profile: Path | None = None) -> list[Case]:
-    """The three runs per database; with `profile`, each under cProfile (its stats in that folder)."""
+    """The four runs per database; with `profile`, each under cProfile (its stats in that folder)."""
     cases: list[Case] = []
     with sandbox(SIZES[size]) as sb:
         print(f"{size}: workspace of {sb.objects:,} objects served", file=sys.stderr, flush=True)
@@ -231,9 +235,13 @@ def bench_size(size: str, databases: dict[str, str], profile: Path | None = None
             upgraded = run_etl(["--config", str(config), "db", "upgrade"], env, folder)
             if upgraded.code != 0:
                 raise SystemExit(f"etl db upgrade failed: {upgraded.stderr}")
-            for case in ("first sync", "1% changed", "no change"):
+            first_sync = datetime.now(UTC).replace(microsecond=0)  # every object is older: see HISTORY
+            for case in CASES:
                 if case == "1% changed":
                     sb.ask("advance", max(sb.objects // 100, 1))
+                window: list[str] = []
+                if case == "unchanged re-read":
+                    window = ["--since", start, "--until", first_sync.strftime("%Y-%m-%dT%H:%M:%SZ")]
                 before = sb.ask("counts")
                 python: tuple[str, ...] = ()
                 if profile:
@@ -243,7 +251,7 @@ def bench_size(size: str, databases: dict[str, str], profile: Path | None = None
                         "-o",
                         str(profile / f"{database}-{case.replace(' ', '-')}.prof"),
                     )
-                measured = run_etl(["--config", str(config), "-q", "run"], env, folder, python)
+                measured = run_etl(["--config", str(config), "-q", "run", *window], env, folder, python)
                 after = sb.ask("counts")
                 if measured.code != 0:
                     raise SystemExit(

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from etl.intercom import tags_unchanged
 from etl.models import RunOptions, Window
 from etl.sandbox.generator import Workspace
 from etl.state import StateStore
@@ -180,3 +181,66 @@ def test_the_window_is_still_exact_with_tag_reads() -> None:
     expected = {i: tag_ids(o) for i, o in ws.contacts.items() if since <= at(o["updated_at"]) < until}
     assert {o["id"]: tag_ids(o) for o in read} == expected and len(read) == len(expected)
     assert any(len(t) > TAG_LIST_SHOWS for t in expected.values())
+
+
+def test_a_re_read_skips_the_tag_lists_of_unchanged_contacts_only(store: StateStore) -> None:
+    """A backfill of the whole window after a first run reads no tag list of a contact whose listing agrees
+    with its snapshot (same updated_at, total_count and shown tags); a contact retagged and updated, and one
+    tagged with its updated_at unmoved (as Intercom does: its total_count tells), each cost their one call
+    and reach Klaviyo with their new tags. A --replay re-reads every list."""
+    with sandboxes() as boxes:
+        ws = boxes.workspace
+        names = {tag["id"]: tag["name"] for tag in ws.tags}
+        job = contacts_job(boxes)
+        execute(boxes, store, job, RunOptions())
+        heavy = sorted(c["id"] for c in in_run(ws) if len(tag_ids(c)) > TAG_LIST_SHOWS)
+        retagged, tagged = [c for c in in_run(ws) if c["id"] in heavy and c["email"].strip()][:2]
+        assert len(heavy) > 3  # the premise: more contacts than these two have more than 10 tags
+
+        swapped = [
+            *tag_ids(retagged)[:10],
+            next(t["id"] for t in ws.tags if t["id"] not in tag_ids(retagged)),
+        ]
+        set_tags(ws, retagged, swapped + tag_ids(retagged)[11:])  # the 11th swapped, updated as usual
+        ws.now += 60
+        retagged["updated_at"] = ws.now
+        added = next(t["id"] for t in ws.tags if t["id"] not in tag_ids(tagged))
+        set_tags(ws, tagged, [*tag_ids(tagged), added])  # one more tag, updated_at unmoved
+
+        first = len(boxes.intercom.server.requests)
+        window = RunOptions(since=START_DATE, until=boxes.clock())
+        execute(boxes, store, job, window)
+        calls = tag_calls(boxes.intercom.server.requests[first:])
+        profiles = boxes.klaviyo.profiles
+
+        first = len(boxes.intercom.server.requests)
+        execute(boxes, store, job, dataclasses.replace(window, replay=True))
+        replayed = tag_calls(boxes.intercom.server.requests[first:])
+
+    assert sorted(calls) == sorted(f"/contacts/{c['id']}/tags" for c in (retagged, tagged))
+    for contact in (retagged, tagged):
+        profile = profiles[contact["email"].strip().lower()]
+        assert profile["properties"]["intercom_tags"] == sorted(names[i] for i in tag_ids(contact))
+    assert names[added] in profiles[tagged["email"].strip().lower()]["properties"]["intercom_tags"]
+    backfill = store.runs("shop", 2, mode="backfill")[1]  # newest first: the replay, then the re-read
+    assert backfill.counts["contacts"]["unchanged"] == len(in_run(ws)) - 2
+    assert sorted(replayed) == [f"/contacts/{i}/tags" for i in heavy]
+
+
+def test_stored_tags_stand_in_only_when_updated_at_count_and_shown_tags_all_agree() -> None:
+    """Each sign of the rule alone sends the contact to GET /contacts/{id}/tags: another updated_at, another
+    total_count (or none), a shown tag not stored; a listing that agrees on all three keeps the stored tags."""
+    stored_ids = [str(i) for i in range(12)]
+    shown = [{"type": "tag", "id": i} for i in stored_ids[:TAG_LIST_SHOWS]]
+
+    def listed(updated_at: int = 1_700_000_000, **tags: Any) -> dict[str, Any]:
+        listing = {"type": "list", "data": shown, "total_count": 12, "has_more": True}
+        return {"id": "c1", "updated_at": updated_at, "tags": {**listing, **tags}}
+
+    stored = (1_700_000_000, stored_ids)
+    assert tags_unchanged(listed(), stored)
+    assert not tags_unchanged(listed(updated_at=1_700_000_001), stored)
+    assert not tags_unchanged(listed(total_count=13), stored)  # tagged, updated_at unmoved
+    assert not tags_unchanged(listed(total_count=None), stored)
+    assert not tags_unchanged(listed(data=[*shown[:9], {"type": "tag", "id": "99"}]), stored)
+    assert not tags_unchanged(listed(), None)

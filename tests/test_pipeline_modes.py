@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -229,3 +231,38 @@ def test_streams_option_reads_and_advances_only_the_named_streams(store: StateSt
         )
         metrics = {e.metric for e in boxes.klaviyo.events}
         assert "Created Ticket" in metrics and all(m.endswith("Ticket") or "Ticket as" in m for m in metrics)
+
+
+def test_a_re_read_tells_unchanged_objects_by_their_digests_without_reading_their_data(
+    store: StateStore,
+) -> None:
+    """A backfill over objects unchanged since the last run reads only their stored digests (no statement
+    selects the snapshots' data); an object changed since is still told changed and stored anew."""
+    with sandboxes() as boxes:
+        job = dataclasses.replace(boxes.job(), streams=("conversations",))
+        execute(boxes, store, job, RunOptions())
+        window = RunOptions(since=START_DATE, until=boxes.clock())
+        statements: list[str] = []
+
+        def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements.append(statement)
+
+        sa.event.listen(store.engine, "before_cursor_execute", record)
+        try:
+            execute(boxes, store, job, window)
+        finally:
+            sa.event.remove(store.engine, "before_cursor_execute", record)
+        conv = next(
+            c for c in boxes.workspace.conversations.values() if c["updated_at"] >= START_DATE.timestamp()
+        )
+        conv["title"] = "a title changed after the first run"
+        execute(boxes, store, job, window)
+
+    snapshot_reads = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "snapshots" in s]
+    assert snapshot_reads and not [s for s in snapshot_reads if "snapshots.data" in s]
+    changed, unchanged = store.runs("shop", 2, mode="backfill")
+    for stream in job.streams:
+        assert unchanged.counts[stream]["unchanged"] == unchanged.counts[stream]["objects"] > 0
+    assert changed.counts["conversations"]["unchanged"] == changed.counts["conversations"]["objects"] - 1
+    stored = store.snapshot("shop", "conversations", str(conv["id"]))
+    assert stored is not None and stored.data["title"] == "a title changed after the first run"
