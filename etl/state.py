@@ -25,6 +25,13 @@ from etl.tables import locks, metadata, outbox, runs, snapshots, watermarks
 # Ids bound in one IN (...) list. A statement may bind at most 32,766 parameters on SQLite (999 before 3.32)
 # and 65,535 on PostgreSQL, so a longer list is read or written in several statements.
 MAX_IDS_PER_STATEMENT = 500
+# Rows per multi-row INSERT on SQLite. SQLAlchemy sends a many-row insert with RETURNING (the outbox) as
+# INSERT ... VALUES (...), (...) of up to `insertmanyvalues_page_size` rows (default 1,000), one SQL text per
+# row count, and Python's sqlite3 keeps the last 128 texts of each connection prepared: ~1 KB of SQLite
+# memory per row, so 1,000-row texts held up to ~128 MB per connection, filling up as a first sync met more
+# distinct page sizes (measured: SQLite's own memory 28 MB after a 10k first sync; at 100k the process's
+# malloc'd bytes grew to 152 MB). At 100 rows there are at most 100 such texts, ~100 KB each.
+SQLITE_ROWS_PER_INSERT = 100
 T = TypeVar("T")
 
 __all__ = [
@@ -595,7 +602,12 @@ def _engine(url: str, read_only: bool) -> Engine:
                 "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=30), **json_io
             )
         # wait for a writer, don't fail at once
-        engine = sa.create_engine(url, connect_args={"timeout": 30}, **json_io)
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": 30},
+            insertmanyvalues_page_size=SQLITE_ROWS_PER_INSERT,
+            **json_io,
+        )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if read_only:

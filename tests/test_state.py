@@ -18,7 +18,7 @@ from alembic.util import CommandError
 
 from etl.errors import LockHeld, StateError
 from etl.models import OutboxEntry, Snapshot
-from etl.state import MAX_IDS_PER_STATEMENT, StateStore, metadata, outbox
+from etl.state import MAX_IDS_PER_STATEMENT, SQLITE_ROWS_PER_INSERT, StateStore, metadata, outbox
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -364,3 +364,35 @@ def test_pending_takes_what_fits_a_byte_budget_and_always_one_item(store: StateS
             assert held + sizes[following[0]] + slack * (len(chunk) + 1) > budget
     assert [len(c) for c in chunks if len(c) == 1 and sizes[c[0]] > budget] == [1]  # the 9,000-byte item
     assert store.pending("j", "event", limit=5, after_id=after, max_bytes=budget) == []
+
+
+def test_a_long_enqueue_is_sent_in_bounded_inserts_and_queues_each_item_once(store: StateStore) -> None:
+    """260 entries in one call (25 repeats among them, 40 already queued) queue exactly the new ones, with
+    each payload the call's last for its id; on SQLite no INSERT carries more than SQLITE_ROWS_PER_INSERT rows
+    (each distinct row count is a prepared statement Python's sqlite3 keeps, ~1 KB per row)."""
+    with store.transaction() as conn:
+        store.enqueue(conn, "j", [OutboxEntry("event", f"e{i}", {"old": i}) for i in range(40)], None, T0)
+    entries = [OutboxEntry("event", f"e{i}", {"n": i}) for i in range(235)]
+    entries += [OutboxEntry("event", f"e{i}", {"n": i, "again": True}) for i in range(100, 125)]
+    expected = {f"e{i}": {"old": i} for i in range(40)}
+    for entry in entries:  # the outbox keeps an item queued before; of one call's repeats, the last
+        if entry.unique_id not in expected or "old" not in expected[entry.unique_id]:
+            expected[entry.unique_id] = dict(entry.payload)
+    rows_per_insert: list[int] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if sql.lstrip().upper().startswith("INSERT INTO OUTBOX"):
+            rows_per_insert.append(sql.count("), (") + 1)
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        with store.transaction() as conn:
+            queued = store.enqueue(conn, "j", entries, None, T0)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+    assert queued == {"event": 235 - 40}
+    items = store.pending("j", "event", limit=1_000)
+    assert {i.unique_id: i.payload for i in items} == expected
+    if store.dialect == "sqlite":
+        assert sum(rows_per_insert) == 235  # every distinct entry offered once (the 40 queued are ignored)
+        assert max(rows_per_insert) <= SQLITE_ROWS_PER_INSERT < 235
