@@ -59,7 +59,9 @@ def deliver(
     settled is marked with `run_id`, the delivering run (not always the one that queued it). With `upto`, only
     items with an outbox id up to it: a page's events and the profiles they name were queued together, so
     both kinds up to the same id keep "profiles first"."""
-    pending = store.pending_count(job) if progress is not None else 0
+    pending = store.pending_count(job) if progress is not None else None
+    if pending == 0:  # nothing to send (a run that found nothing new): no reads of each kind
+        return
     if progress is not None and pending:
         progress.start_delivery(pending)
     for kind, chunk, send in (

@@ -21,20 +21,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etl import logs
 from etl.errors import KlaviyoError
 from etl.http import DEFAULT_RETRY_BUDGET, ApiClient, HttpClient, Reply
 from etl.klaviyo_aggregates import AGGREGATES_LIMITS, AGGREGATES_PATH, aggregate_query, daily_values
-from etl.klaviyo_batches import (
-    EventBatch,
-    ProfileBatch,
-    cut_event_batches,
-    cut_profile_batches,
-)
 from etl.models import Event, OutboxItem, Profile, iso_z
 from etl.pacing import Limits
+
+if TYPE_CHECKING:  # the batch cutters load when something is sent: a run that found nothing new sends nothing
+    from etl.klaviyo_batches import EventBatch, ProfileBatch
 
 log = logs.get_logger("klaviyo")
 
@@ -406,6 +403,8 @@ class KlaviyoClient(ApiClient):
     def send_events(self, items: Sequence[OutboxItem], names: Names = DEFAULT_NAMES) -> Delivery:
         """Bulk-create the events of `items` (`event_resource` payloads) under `names`, in the fewest requests
         possible."""
+        from etl.klaviyo_batches import cut_event_batches
+
         items = rendered(items, names)  # before cutting: the bytes and dedupe keys are those sent
         batches, failed = cut_event_batches(items)
         by_id = {item.id: item for item in items}
@@ -421,6 +420,8 @@ class KlaviyoClient(ApiClient):
         if reply.status not in REJECTED:
             sent.extend(batch.item_ids)
             return
+        from etl.klaviyo_batches import cut_event_batches
+
         named = _named(reply, EVENTS_PATH, batch.ids_at)
         for duplicate, original in batch.duplicates.items():
             if original in named:
@@ -434,6 +435,8 @@ class KlaviyoClient(ApiClient):
     def send_profiles(self, items: Sequence[OutboxItem], names: Names = DEFAULT_NAMES) -> Delivery:
         """Import the profiles of `items` (`profile_resource` payloads) under `names`: submit every job, then
         await each."""
+        from etl.klaviyo_batches import cut_profile_batches
+
         items = rendered(items, names)  # before cutting: the bytes and superseded unset keys are those sent
         batches, failed = cut_profile_batches(items)
         by_id = {item.id: item for item in items}
@@ -464,6 +467,8 @@ class KlaviyoClient(ApiClient):
                 )
             jobs.append((str(job_id), batch, self.clock()))
             return
+        from etl.klaviyo_batches import cut_profile_batches
+
         named = _named(reply, IMPORT_JOBS_PATH, batch.ids_at)
         for part in _resend(reply, batch.item_ids, len(batch.positions), named, by_id, failed):
             for retry in cut_profile_batches(part)[0]:  # a part of a batch that fitted fits in one

@@ -175,8 +175,7 @@ class OutboxSink:
         self._deliver(report, check_lease, progress)
         if watermarks:
             check_lease()  # never move a watermark under a run that lost its lease
-        for stream, value in watermarks.items():
-            self.store.set_watermark(self.job, stream, value, self.clock())
+        self.store.advance_watermarks(self.job, watermarks, self.clock())
 
     def _deliver(
         self,

@@ -133,12 +133,33 @@ class StateStore(Migrations):
             ).scalar_one_or_none()
             if current is not None and value <= current and not (force and value != current):
                 return False
-            stmt = self._insert(watermarks).values(job=job, stream=stream, value=value, updated_at=now)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["job", "stream"], set_={"value": value, "updated_at": now}
-            )
-            conn.execute(stmt)
+            self._upsert_watermark(conn, job, stream, value, now)
             return True
+
+    def advance_watermarks(self, job: str, values: Mapping[str, datetime], now: datetime) -> list[str]:
+        """Move these streams' watermarks forward, never backwards, in ONE transaction: one read of the job's
+        watermarks, then an upsert per stream that moves (a run that found nothing new moves none). Returns
+        the streams moved."""
+        if not values:
+            return []
+        with self.transaction() as conn:
+            rows = conn.execute(
+                sa.select(watermarks.c.stream, watermarks.c.value).where(watermarks.c.job == job)
+            )
+            current = {r.stream: r.value for r in rows}
+            moved = [s for s, v in values.items() if s not in current or v > current[s]]
+            for stream in moved:
+                self._upsert_watermark(conn, job, stream, values[stream], now)
+        return moved
+
+    def _upsert_watermark(
+        self, conn: Connection, job: str, stream: str, value: datetime, now: datetime
+    ) -> None:
+        stmt = self._insert(watermarks).values(job=job, stream=stream, value=value, updated_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["job", "stream"], set_={"value": value, "updated_at": now}
+        )
+        conn.execute(stmt)
 
     # -- snapshots --------------------------------------------------------------------------------
     def load_snapshots(
@@ -450,10 +471,13 @@ class StateStore(Migrations):
         """Take the job's lease, or take over an expired one; LockHeld (exit 75) when another owner holds it."""
         expires = now + ttl
         with self.transaction() as conn:
+            # preserve_rowcount: SQLAlchemy 2.1 on psycopg reports -1 for an INSERT without it, which sent
+            # every run on PostgreSQL on to the UPDATE below (one statement more, same outcome)
             taken = conn.execute(
                 self._insert(locks)
                 .values(job=job, owner=owner, acquired_at=now, expires_at=expires)
                 .on_conflict_do_nothing(index_elements=["job"])
+                .execution_options(preserve_rowcount=True)
             ).rowcount
             if taken == 1:
                 return
@@ -610,11 +634,14 @@ def _engine(url: str, read_only: bool) -> Engine:
         )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    pg: dict[str, Any] = dict(json_io)
+    if sa.make_url(url).get_driver_name() in ("psycopg", "psycopg2"):
+        # no HSTORE column anywhere: without this, the psycopg dialects look the type up on the first
+        # connection of every process (a savepoint, a catalogue query, its release: three more round trips)
+        pg["use_native_hstore"] = False
     if read_only:
-        return sa.create_engine(
-            url, connect_args={"options": "-c default_transaction_read_only=on"}, **json_io
-        )
-    return sa.create_engine(url, **json_io)
+        return sa.create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"}, **pg)
+    return sa.create_engine(url, **pg)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
