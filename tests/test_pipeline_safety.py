@@ -129,8 +129,9 @@ def test_intercom_failing_mid_run_loses_nothing_and_the_next_run_doubles_nothing
         assert store.watermarks("shop") == {}
         (failed,) = store.runs("shop", 5)
         queued = outbox_rows(store, "shop", run_id=failed.id)
-        # what it queued is pending, or was sent while it read (and marked so only once Klaviyo took it)
-        assert outbox_rows(store, "shop") == queued and outbox_rows(store, "shop", status="pending")
+        # what it queued is pending, or was sent while it read (and marked so only once Klaviyo took it); how
+        # much of each depends on how far the early rounds got before the cut, which the machine's load decides
+        assert outbox_rows(store, "shop") == queued != []
         assert all(r["status"] == "pending" or r["delivery_run_id"] == failed.id for r in queued)
         execute(boxes, store, job, RunOptions())
         assert store.watermarks("shop") == store.watermarks("ref") != {}
