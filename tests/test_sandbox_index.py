@@ -120,6 +120,31 @@ def test_search_cache_reuses_a_result_set_only_while_its_objects_are_unchanged()
         assert [id(o) for o in got] == [id(o) for o in scan(objects, query)]
 
 
+def test_search_cache_answers_more_queries_than_it_keeps_like_a_scan():
+    """Slices of one stream paged in turn (as `etl run`'s readers do), more of them than the cache keeps: each
+    answer is a fresh scan's, the most recent queries are re-used, and the oldest ones were dropped."""
+    workspace = {str(i): {"id": str(i), "updated_at": i, "created_at": 0} for i in range(200)}
+    objects = list(workspace.values())
+    cache = SearchCache(queries=4)
+    slices = [
+        {
+            "operator": "AND",
+            "value": [
+                {"field": "updated_at", "operator": ">", "value": 10 * n},
+                {"field": "updated_at", "operator": "<", "value": 10 * n + 15},
+            ],
+        }
+        for n in range(6)
+    ]
+    answers = [answer(cache, objects, q) for q in slices]  # six queries into four places
+    assert answers == [scan(objects, q) for q in slices]
+    for n in (2, 3, 4, 5):  # the last four are kept and re-used as they are
+        assert answer(cache, objects, slices[n]) is answers[n]
+    for n in (0, 1):  # the first two were dropped: answered afresh, and still right
+        again = answer(cache, objects, slices[n])
+        assert again is not answers[n] and again == scan(objects, slices[n])
+
+
 def test_search_cache_looks_ids_up_like_a_scan():
     """`id =` and `id IN` queries find the objects a scan finds, in the same order, after changes too."""
     workspace = {str(i): {"id": str(i), "updated_at": i % 7, "created_at": i % 5} for i in range(300)}

@@ -2,8 +2,8 @@
 
 A search evaluates its query over every object of the stream and sorts the hits. Paging a stream of 20,000
 objects 150 at a time did that 134 times, and every contact lookup (`id IN [...]`) scanned every contact.
-`SearchCache` keeps, per stream, the sorted hits of the last query and an index of the objects by id, and
-re-uses them only while what they were built from is unchanged: the same objects (by identity, in the same
+`SearchCache` keeps, per stream, the sorted hits of the last `QUERIES_PER_STREAM` queries and an index of the
+objects by id, and re-uses them only while what they were built from is unchanged: the same objects (by identity, in the same
 order) with the same values of the fields the query and the sort read. A changed workspace (`advance`,
 `touch`, a test editing an object in place) therefore gets exactly the answer a fresh scan gives; only
 queries on top-level scalar fields are cached, the rest are always scanned.
@@ -12,12 +12,17 @@ queries on top-level scalar fields are cached, the rest are always scanned.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from itertools import repeat
 from typing import Any
 
 Obj = dict[str, Any]
 CACHED_FIELDS = frozenset({"id", "created_at", "updated_at"})  # read as obj.get(field) by search_values
+# Result sets kept per stream, least recently asked dropped first. More than one: `etl run` pages several time
+# slices of a stream at once, and with one set each page of one slice evicted the other's, so every page of
+# a 100k workspace re-scanned and re-sorted the whole stream under the server's lock.
+QUERIES_PER_STREAM = 32
 
 
 def query_fields(query: Any) -> set[str]:
@@ -28,11 +33,12 @@ def query_fields(query: Any) -> set[str]:
 
 
 class SearchCache:
-    """Per stream: the sorted hits of the last cacheable query and an id index, with what they depend on."""
+    """Per stream: the sorted hits of the last cacheable queries and an id index, with what they depend on."""
 
-    def __init__(self) -> None:
-        # stream -> (query key, stamp, hits) and stream -> (stamp, id -> positions)
-        self._hits: dict[str, tuple[Any, list[Any], list[Obj]]] = {}
+    def __init__(self, queries: int = QUERIES_PER_STREAM) -> None:
+        # stream -> {query key: (stamp, hits)} (least recently asked first) and stream -> (stamp, id -> positions)
+        self.queries = queries
+        self._hits: dict[str, OrderedDict[Any, tuple[list[Any], list[Obj]]]] = {}
         self._ids: dict[str, tuple[list[Any], dict[str, list[int]]]] = {}
 
     def hits(
@@ -56,11 +62,16 @@ class SearchCache:
             return sorted((objects[p] for p in by_id), key=sort, reverse=descending)
         stamp = _stamp(objects, fields | {sort_field})
         key = (json.dumps(query, sort_keys=True), sort_field, rules, descending)
-        cached = self._hits.get(stream)
-        if cached is not None and cached[0] == key and cached[1] == stamp:
-            return cached[2]
+        kept = self._hits.setdefault(stream, OrderedDict())
+        cached = kept.get(key)
+        if cached is not None and cached[0] == stamp:
+            kept.move_to_end(key)
+            return cached[1]
         hits = self._scan(objects, matches, sort, descending)
-        self._hits[stream] = (key, stamp, hits)
+        kept[key] = (stamp, hits)
+        kept.move_to_end(key)
+        while len(kept) > self.queries:
+            kept.popitem(last=False)
         return hits
 
     @staticmethod
