@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
+from typing import Any, Protocol, TextIO
 
 from etl import logs
 from etl.delivery import EVENT_CHUNK, PROFILE_CHUNK, DeliveryProgress, EarlyDelivery, deliver
@@ -25,11 +25,6 @@ from etl.lru import LruCache
 from etl.models import OutboxEntry, RunReport, Snapshot
 from etl.state import RunRow, StateStore
 from etl.windows import RESUME_LOOKBACK_RUNS
-
-if TYPE_CHECKING:
-    from sqlalchemy import Connection
-
-T = TypeVar("T")
 
 log = logs.get_logger("sink")
 BACKLOG_CHUNK = 1_000  # dry-run: pending items read per query when printing the backlog
@@ -287,19 +282,10 @@ class DryRunSink:
         yield _DryRunPage(self)
 
     def stored(self, stream: str, ids: list[str]) -> dict[str, Snapshot]:
-        return self.read(StateStore.load_snapshots, stream, ids)
-
-    def read(
-        self,
-        load: Callable[[StateStore, Connection, str, str, list[str]], dict[str, T]],
-        stream: str,
-        ids: list[str],
-    ) -> dict[str, T]:
-        """`load(store, conn, job, stream, ids)` in a read-only transaction of its own; {} with no store yet."""
         if self.store is None:
             return {}
-        with self.store.transaction() as reader:
-            return load(self.store, reader, self.job, stream, ids)
+        with self.store.transaction() as reader:  # read-only: each read in a transaction of its own
+            return self.store.load_snapshots(reader, self.job, stream, ids)
 
     def save_window(self, window: dict[str, Any]) -> None:
         pass
@@ -349,7 +335,11 @@ class _DryRunPage:
         return self.sink.stored(stream, ids)
 
     def digests(self, stream: str, ids: list[str]) -> dict[str, str]:
-        return self.sink.read(StateStore.load_digests, stream, ids)
+        store = self.sink.store
+        if store is None:
+            return {}
+        with store.transaction() as reader:
+            return store.load_digests(reader, self.sink.job, stream, ids)
 
     def put(
         self, stream: str, entries: list[OutboxEntry], changed: list[Snapshot], window: dict[str, Any] | None
